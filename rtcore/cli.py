@@ -1,0 +1,146 @@
+"""The `rtcore` command.
+
+Every setting is also a flag (`--asr-batch-size 16`), layered over the config file and the
+RTCORE_* environment; see rtcore.config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+import types
+import typing
+from typing import Any, Callable, Sequence
+
+from rtcore.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("rtcore")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (override config file and RTCORE_* environment)")
+    group.add_argument("--config", metavar="FILE", help="YAML, TOML or JSON config file (default: $RTCORE_CONFIG)")
+    for name, info in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        annotation = info.annotation
+        choices = None
+        if typing.get_origin(annotation) is typing.Literal:
+            choices = [str(c) for c in typing.get_args(annotation)]
+        help_text = (info.description or "") + f" [default: {info.default!s}]"
+        # Values stay strings here: pydantic converts and validates them with the other layers,
+        # so a bad flag gets the same message (naming the field) as a bad env var.
+        group.add_argument(flag, dest=f"setting_{name}", metavar=name.upper(), choices=choices,
+                           default=None, help=help_text.replace("%", "%%"))
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    cli = {key[len("setting_"):]: value for key, value in vars(args).items()
+           if key.startswith("setting_") and value is not None}
+    return load_settings(config_file=args.config, cli=cli)
+
+
+# --- subcommands -------------------------------------------------------------------------------
+def cmd_launch(args: argparse.Namespace, settings: Settings) -> int:
+    from procs import pipeline
+    from rtcore.logs import setup_logging
+    from rtcore.metrics import serve_metrics
+    from rtcore.models import whisper_model_dir
+    from rtcore.supervisor import Supervisor, SupervisorError
+
+    setup_logging(settings, process="supervisor")
+    log.info("rtcore launch, instance %r, settings: %s", settings.instance, json.dumps(settings.redacted()))
+    # Assemble the Whisper model once here, not concurrently in every ASR worker.
+    whisper_model_dir(settings)
+
+    stop_requested: list[int] = []
+
+    def on_signal(signum: int, _frame: types.FrameType | None) -> None:
+        if stop_requested:  # a second Ctrl-C: stop waiting for the children to finish nicely
+            raise KeyboardInterrupt
+        stop_requested.append(signum)
+        log.info("received %s: stopping", signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    supervisor = Supervisor(settings, pipeline(settings))
+    cleanups: list[Callable[[], None]] = []
+    try:
+        supervisor.start()
+    except SupervisorError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        if settings.metrics_port:
+            _, stop_metrics = serve_metrics(supervisor, settings.http_host, settings.metrics_port)
+            cleanups.append(stop_metrics)
+            log.info("Prometheus metrics on http://%s:%d/metrics", settings.http_host, settings.metrics_port)
+        deadline = time.monotonic() + args.duration if args.duration else float("inf")
+        log.info("running (%d processes); Ctrl-C stops", len(supervisor.children))
+        supervisor.run(lambda: bool(stop_requested) or time.monotonic() >= deadline)
+    finally:
+        for cleanup in cleanups:
+            cleanup()
+        supervisor.stop()
+        log.info("stopped")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from rtcore.models import silero_onnx_path, whisper_model_dir
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(json.dumps({"whisper": str(whisper_model_dir(settings, verify=args.verify)),
+                      "silero_vad": str(silero_onnx_path())}, indent=2))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    print(json.dumps(settings.redacted(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtcore", description="Real-time French voice bot for Asterisk.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    launch = sub.add_parser("launch", help="start every process and run until Ctrl-C (or --duration)")
+    launch.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds")
+    launch.set_defaults(func=cmd_launch)
+
+    models = sub.add_parser("models", help="assemble and locate the models (no network)")
+    models.add_argument("--verify", action="store_true", help="re-check the Whisper model's SHA-256")
+    models.set_defaults(func=cmd_models)
+
+    config = sub.add_parser("config", help="print the effective settings (passwords hidden)")
+    config.set_defaults(func=cmd_config)
+
+    for p in (launch, models, config):
+        _add_setting_flags(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = _settings_from(args)
+    except ConfigError as exc:
+        print(f"rtcore: {exc}", file=sys.stderr)
+        return 2
+    from rtcore.models import ModelError
+    from rtcore.redis_server import RedisServerError
+
+    try:
+        result: Any = args.func(args, settings)
+    except (ModelError, RedisServerError, ConfigError) as exc:
+        print(f"rtcore: {exc}", file=sys.stderr)
+        return 2
+    return int(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""One settings object for every process, layered: defaults < config file < RTCORE_* env < CLI flags.
+
+The supervisor resolves the settings once and hands the resolved object to each child on its
+stdin, so every process of one run sees exactly the same values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "RTCORE_"
+# Environment variables with this prefix that are not settings themselves.
+ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
+
+
+class ConfigError(ValueError):
+    """Bad configuration: the message names every offending field and where its value came from."""
+
+
+class Settings(BaseModel):
+    """Every setting of rtcore. Field names are the config-file keys; `RTCORE_<NAME>` sets one from
+    the environment and `--<name-with-dashes>` from the command line."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # --- run ---------------------------------------------------------------------------------
+    instance: str = Field("default", pattern=r"^[A-Za-z0-9_-]{1,32}$",
+                          description="Name of this deployment; two instances on one host never touch each other's resources.")
+    run_dir: str = Field("", description="Sockets, pid file and private Redis socket. Empty: $XDG_RUNTIME_DIR/rtcore/<instance> or /tmp/rtcore-<uid>/<instance>.")
+    data_dir: str = Field("", description="Persistent data (private Redis append-only file, recordings). Empty: ~/.local/share/rtcore/<instance>.")
+    model_cache_dir: str = Field("", description="Where the Whisper model is assembled. Empty: ~/.cache/rtcore/models.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    # --- capacity and shared memory -----------------------------------------------------------
+    max_calls: int = Field(64, ge=1, le=4096, description="Call slots in shared memory = most concurrent calls.")
+    ring_seconds: float = Field(60.0, ge=1.0, le=3600.0, description="Audio kept per call slot, in seconds.")
+
+    # --- seed fields (names kept from the seed) -----------------------------------------------
+    rtp_ip: str = Field("127.0.0.1", description="Address the RTP capture binds (Asterisk's external_host).")
+    rtp_port: int = Field(40000, ge=1, le=65535, description="UDP port of the RTP capture.")
+    whisper_url: str = Field("", description="An external seed-style Whisper HTTP service; empty: rtcore's own ASR.")
+    whisper_timeout: float = Field(30.0, gt=0, description="Seconds before a request to whisper_url is abandoned.")
+    vad_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Silero speech probability at or above which a chunk is speech.")
+    sample_rate: Literal[16000] = Field(16000, description="Audio sample rate; slin16 and Silero both fix it at 16 kHz.")
+    chunk_size: Literal[512] = Field(512, description="VAD chunk in samples (32 ms); Silero at 16 kHz accepts only 512.")
+    silence_threshold: int = Field(2, ge=1, le=200, description="Silent chunks that end an utterance.")
+    max_buffer_size: int = Field(32000, ge=1024, description="Samples after which an utterance is cut even mid-speech.")
+    silence_chunks_context: int = Field(2, ge=0, le=50, description="Chunks of audio before speech onset prepended to an utterance.")
+
+    # --- ASR ----------------------------------------------------------------------------------
+    asr_model_path: str = Field("", description="A CTranslate2 Whisper model directory; empty: Whisper base assembled from the PyPI packages.")
+    asr_device: Literal["cpu", "cuda", "auto"] = "cpu"
+    asr_compute_type: str = Field("int8", description="CTranslate2 compute type (int8, int8_float16, float16, float32, default ...).")
+    asr_batch_size: int = Field(8, ge=1, le=256)
+    asr_max_wait_ms: float = Field(50.0, ge=0.0, le=10000.0, description="How long a batch waits for more utterances after its first.")
+    asr_window_s: float = Field(10.0, gt=0.0, le=30.0, description="Encoder input window in seconds (padded); longer utterances get a longer bucket.")
+    asr_beam_size: int = Field(5, ge=1, le=16)
+    asr_workers: int = Field(1, ge=1, le=64)
+    asr_language: str = Field("fr", min_length=2, max_length=3)
+    asr_intra_threads: int = Field(0, ge=0, description="CTranslate2 threads per batch; 0: CTranslate2's default.")
+    asr_inter_threads: int = Field(1, ge=1)
+
+    # --- ARI / Asterisk -----------------------------------------------------------------------
+    ari_url: str = Field("", description="Asterisk ARI base URL, e.g. http://127.0.0.1:8088/ari; empty: the embedded simulator.")
+    ari_user: str = "rtcore"
+    ari_password: SecretStr = Field(SecretStr("rtcore"), description="Never logged.")
+    ari_app: str = Field("rtcore", pattern=r"^[A-Za-z0-9_.-]+$")
+    ari_timeout: float = Field(5.0, gt=0)
+
+    # --- Redis --------------------------------------------------------------------------------
+    redis_url: str = Field("", description="redis:// or unix:// URL; empty: a private redis-server started by `rtcore launch`.")
+
+    # --- intents ------------------------------------------------------------------------------
+    intent_main_url: str = Field("", description="Seed-compatible intent API (main intents); empty: the embedded classifier.")
+    intent_faq_url: str = ""
+    intent_timeout: float = Field(5.0, gt=0)
+
+    # --- ports and bus ------------------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535)
+    metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus endpoint of the supervisor; 0: off.")
+    bus_pub_endpoint: str = Field("", description="Where processes publish (ZeroMQ XSUB side); empty: ipc:// in run_dir.")
+    bus_sub_endpoint: str = Field("", description="Where processes subscribe (ZeroMQ XPUB side); empty: ipc:// in run_dir.")
+    control_endpoint: str = Field("", description="Children's heartbeats to the supervisor; empty: ipc:// in run_dir.")
+
+    # --- supervision --------------------------------------------------------------------------
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    heartbeat_timeout_s: float = Field(5.0, gt=0, description="No heartbeat for this long: the process is reported unresponsive.")
+    unresponsive_kill_s: float = Field(15.0, gt=0, description="No heartbeat for this long: its stacks are dumped, it is killed and restarted.")
+    start_timeout_s: float = Field(120.0, gt=0, description="A child must report ready within this (model loading included).")
+    stop_timeout_s: float = Field(5.0, gt=0, description="After SIGTERM, how long a child may take before SIGKILL.")
+    restart_backoff_max_s: float = Field(30.0, gt=0)
+
+    @field_validator("bus_pub_endpoint", "bus_sub_endpoint", "control_endpoint")
+    @classmethod
+    def _zmq_endpoint(cls, value: str) -> str:
+        if value and not value.startswith(("ipc://", "tcp://", "inproc://")):
+            raise ValueError("must start with ipc://, tcp:// or inproc://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("ari_url", "whisper_url", "intent_main_url", "intent_faq_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    # --- derived paths ------------------------------------------------------------------------
+    @property
+    def run_path(self) -> Path:
+        if self.run_dir:
+            return Path(self.run_dir)
+        base = os.environ.get("XDG_RUNTIME_DIR")
+        root = Path(base) / "rtcore" if base else Path(f"/tmp/rtcore-{os.getuid()}")
+        return root / self.instance
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir) if self.data_dir else Path.home() / ".local/share/rtcore" / self.instance
+
+    @property
+    def model_cache_path(self) -> Path:
+        return Path(self.model_cache_dir) if self.model_cache_dir else Path.home() / ".cache/rtcore/models"
+
+    @property
+    def ring_capacity(self) -> int:
+        """Samples per call slot, rounded up to whole VAD chunks."""
+        chunks = -(-int(self.ring_seconds * self.sample_rate) // self.chunk_size)
+        return chunks * self.chunk_size
+
+    def endpoint(self, which: Literal["bus_pub", "bus_sub", "control"]) -> str:
+        configured = getattr(self, f"{which}_endpoint")
+        return configured or f"ipc://{self.run_path / (which + '.sock')}"
+
+    # --- (de)serialisation --------------------------------------------------------------------
+    def to_child_json(self) -> str:
+        """Every value, secrets revealed: only for a child's stdin, never for a log."""
+        data = self.model_dump()
+        data["ari_password"] = self.ari_password.get_secret_value()
+        return json.dumps(data)
+
+    @classmethod
+    def from_child_json(cls, text: str) -> "Settings":
+        return cls.model_validate_json(text)
+
+    def redacted(self) -> dict[str, Any]:
+        """For logs and `rtcore config`: secrets shown as '**********'."""
+        data = self.model_dump(mode="json")
+        return data
+
+
+FIELD_NAMES = frozenset(Settings.model_fields)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML (.yaml/.yml), TOML (.toml) or JSON (.json) mapping of setting names to values."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from exc
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config file {path}: cannot parse: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping of setting names to values")
+    return data
+
+
+def env_layer(environ: Mapping[str, str]) -> dict[str, str]:
+    """RTCORE_<NAME> variables; an unknown RTCORE_ name is an error (a typo must not go unnoticed)."""
+    layer: dict[str, str] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_CONFIG_FILE:
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name not in FIELD_NAMES:
+            raise ConfigError(f"{key}: no such setting (known: {', '.join(sorted(FIELD_NAMES))})")
+        layer[name] = value
+    return layer
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    cli: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge the four layers and validate once. The config file is `config_file`, else $RTCORE_CONFIG."""
+    environ = os.environ if environ is None else environ
+    sources: dict[str, str] = {}
+    merged: dict[str, Any] = {}
+    path = config_file or environ.get(ENV_CONFIG_FILE)
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if path:
+        layers.append((f"config file {path}", read_config_file(path)))
+    layers.append(("environment", env_layer(environ)))
+    layers.append(("command line", {k: v for k, v in (cli or {}).items() if v is not None}))
+    for origin, layer in layers:
+        for name, value in layer.items():
+            merged[name] = value
+            sources[name] = origin
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, merged, sources)) from None
+
+
+def _describe(exc: ValidationError, merged: Mapping[str, Any], sources: Mapping[str, str]) -> str:
+    lines = ["invalid configuration:"]
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else "?"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {name}: no such setting (from {sources.get(name, 'defaults')})")
+            continue
+        origin = sources.get(name, "defaults")
+        shown = "'**********'" if "password" in name else repr(merged.get(name))
+        if origin == "environment":
+            origin = f"environment {ENV_PREFIX}{name.upper()}"
+        elif origin == "command line":
+            origin = f"command line --{name.replace('_', '-')}"
+        lines.append(f"  {name}: {err['msg']} (got {shown} from {origin})")
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""Every message that crosses a process boundary, and its encoding.
+
+Messages are msgspec Structs encoded as MessagePack arrays with a leading tag (the class name), so
+the field order is generated, not hand-written, and an unknown tag or a field of the wrong type is
+rejected by the decoder. Audio never travels here: messages name sample ranges in the shared rings.
+
+Times are `time.time()` seconds (wall clock, comparable across processes); durations are ms.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+
+class Message(msgspec.Struct, tag=True, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """Base of every bus message; the tag is the class name."""
+
+
+# --- call lifecycle (dialog/ARI control -> capture, VAD, ASR, supervisor) ---------------------
+class CallStarted(Message):
+    """Dialog/ARI control -> all: a call has a ring slot; RTP from `rtp_source` goes into it."""
+
+    call_id: str
+    slot: int
+    generation: int
+    caller: str = ""
+    rtp_source: str = ""  # "host:port" Asterisk sends this call's RTP from, if known yet
+    started_at: float = 0.0
+
+
+class CallEnded(Message):
+    """Dialog/ARI control -> all: the call is over; readers finish up and forget the slot."""
+
+    call_id: str
+    slot: int
+    generation: int
+    reason: str = ""
+    ended_at: float = 0.0
+
+
+class ListenMode(Message):
+    """Dialog -> VAD: whether the caller's speech counts while the bot speaks on this call."""
+
+    call_id: str
+    mode: Literal["listen", "ignore", "barge_in"]
+
+
+# --- audio path (VAD -> ASR, dialog) ---------------------------------------------------------
+class SpeechStarted(Message):
+    """VAD -> dialog: the caller started speaking (used for barge-in)."""
+
+    call_id: str
+    slot: int
+    generation: int
+    start_sample: int
+    at: float
+
+
+class UtteranceReady(Message):
+    """VAD -> ASR workers: an utterance is complete in the ring, samples [start_sample, end_sample)."""
+
+    utterance_id: str
+    call_id: str
+    slot: int
+    generation: int
+    start_sample: int
+    end_sample: int
+    eos_at: float  # when the VAD cut it: latencies are measured from here
+
+
+class Transcript(Message):
+    """ASR worker -> dialog: the text of one utterance (exactly one per utterance id)."""
+
+    utterance_id: str
+    call_id: str
+    text: str
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+    hallucination: bool = False  # flagged outputs carry their text for the record but are not speech
+    error: str = ""  # non-empty: no text could be produced (e.g. ring overrun)
+    eos_at: float = 0.0
+    queue_ms: float = 0.0
+    features_ms: float = 0.0
+    inference_ms: float = 0.0
+    batch_size: int = 0
+    worker: str = ""
+
+
+# --- playback (dialog -> ARI control) --------------------------------------------------------
+class Play(Message):
+    """Dialog -> ARI control: play a prompt to the caller."""
+
+    call_id: str
+    playback_id: str
+    media: str  # ARI media URI, e.g. "sound:rtcore/ask_zip_code"
+
+
+class StopPlayback(Message):
+    """Dialog -> ARI control: stop a playback (barge-in)."""
+
+    call_id: str
+    playback_id: str
+
+
+# --- supervision (children -> supervisor, on the control channel) ----------------------------
+class ProcessReady(Message):
+    """Child -> supervisor: initialisation done (models loaded, sockets connected)."""
+
+    process: str
+    pid: int
+
+
+class ProcessFailed(Message):
+    """Child -> supervisor: initialisation failed; `error` says why. The child then exits."""
+
+    process: str
+    pid: int
+    error: str
+
+
+class Heartbeat(Message):
+    """Child -> supervisor, every heartbeat interval, from the child's own work loop."""
+
+    process: str
+    pid: int
+    seq: int
+    sent_at: float
+
+
+class Metrics(Message):
+    """Child -> supervisor: counters and gauges, exported on the supervisor's Prometheus endpoint."""
+
+    process: str
+    values: dict[str, float]
+
+
+AnyMessage = Union[
+    CallStarted, CallEnded, ListenMode, SpeechStarted, UtteranceReady, Transcript,
+    Play, StopPlayback, ProcessReady, ProcessFailed, Heartbeat, Metrics,
+]
+MESSAGE_TYPES: tuple[type[Message], ...] = AnyMessage.__args__  # type: ignore[attr-defined]
+
+
+class MessageError(ValueError):
+    """A payload that is not a valid message: unknown type, bad shape or bad field value."""
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyMessage)
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(payload: bytes) -> AnyMessage:
+    try:
+        return _decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MessageError(f"rejected message: {exc}") from None
+
+
+def topic(message_type: type[Message]) -> bytes:
+    """The ZeroMQ topic frame of a message type (subscribers filter on it)."""
+    return message_type.__name__.encode()

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from rtcore.config import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+AUDIO_FR = SHARED / "audio" / "fr"
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short directory path: ipc:// and unix socket paths are limited to ~107 characters."""
+    path = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_settings(short_dir: Path) -> Callable[..., Settings]:
+    """Settings isolated per test: own instance name, run and data dirs, no metrics port."""
+    instance = "t" + uuid.uuid4().hex[:8]
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "instance": instance,
+            "run_dir": str(short_dir / "run"),
+            "data_dir": str(short_dir / "data"),
+            "metrics_port": 0,
+            "max_calls": 4,
+            "ring_seconds": 2.0,
+            "heartbeat_interval_s": 0.1,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+def require_shared_audio(name: str) -> Path:
+    path = AUDIO_FR / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent (../shared not present)")
+    return path

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from rtcore import messages as m
+
+EXAMPLES: list[m.Message] = [
+    m.CallStarted(call_id="c1", slot=3, generation=7, caller="+33612345678", rtp_source="127.0.0.1:10000",
+                  started_at=1.5),
+    m.CallEnded(call_id="c1", slot=3, generation=7, reason="caller hung up", ended_at=2.5),
+    m.ListenMode(call_id="c1", mode="barge_in"),
+    m.SpeechStarted(call_id="c1", slot=3, generation=7, start_sample=16000, at=3.25),
+    m.UtteranceReady(utterance_id="c1-0001", call_id="c1", slot=3, generation=7, start_sample=16000,
+                     end_sample=48000, eos_at=4.0),
+    m.Transcript(utterance_id="c1-0001", call_id="c1", text="soixante-quinze zéro onze", avg_logprob=-0.3,
+                 no_speech_prob=0.01, hallucination=False, eos_at=4.0, queue_ms=12.0, features_ms=3.0,
+                 inference_ms=250.0, batch_size=6, worker="asr-0"),
+    m.Play(call_id="c1", playback_id="p1", media="sound:rtcore/ask_zip_code"),
+    m.StopPlayback(call_id="c1", playback_id="p1"),
+    m.ProcessReady(process="vad", pid=42),
+    m.ProcessFailed(process="asr-0", pid=43, error="ModelError: no model"),
+    m.Heartbeat(process="vad", pid=42, seq=9, sent_at=5.0),
+    m.Metrics(process="vad", values={"batch_size": 12.0, "tick_ms": 1.5}),
+]
+
+
+def test_every_message_type_has_an_example() -> None:
+    assert {type(e) for e in EXAMPLES} == set(m.MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda e: type(e).__name__)
+def test_round_trip(message: m.Message) -> None:
+    decoded = m.decode(m.encode(message))
+    assert decoded == message and type(decoded) is type(message)
+
+
+def test_encoding_is_compact() -> None:
+    # An UtteranceReady is sent per utterance; it carries a sample range, not audio.
+    assert len(m.encode(EXAMPLES[4])) < 80
+
+
+def test_unknown_type_is_rejected() -> None:
+    payload = msgspec.msgpack.encode(["Teleport", "c1"])
+    with pytest.raises(m.MessageError, match="Invalid value 'Teleport'"):
+        m.decode(payload)
+
+
+def test_bad_field_type_is_rejected() -> None:
+    payload = msgspec.msgpack.encode(["UtteranceReady", "u1", "c1", "three", 7, 0, 10, 1.0])
+    with pytest.raises(m.MessageError, match=r"Expected `int`, got `str` - at `\$\[3\]`"):
+        m.decode(payload)
+
+
+def test_missing_fields_and_garbage_are_rejected() -> None:
+    with pytest.raises(m.MessageError, match="Expected `array` of at least length 8"):
+        m.decode(msgspec.msgpack.encode(["UtteranceReady", "u1"]))
+    with pytest.raises(m.MessageError, match="rejected message"):
+        m.decode(b"\xc1\xff not msgpack")
+    with pytest.raises(m.MessageError, match="Invalid enum value 'shout'"):
+        m.decode(msgspec.msgpack.encode(["ListenMode", "c1", "shout"]))
