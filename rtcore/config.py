@@ -45,7 +45,7 @@ class Settings(BaseModel):
 
     # --- seed fields (names kept from the seed) -----------------------------------------------
     rtp_ip: str = Field("127.0.0.1", description="Address the RTP capture binds (Asterisk's external_host).")
-    rtp_port: int = Field(40000, ge=1, le=65535, description="UDP port of the RTP capture.")
+    rtp_port: int = Field(40000, ge=1, le=65535, description="UDP port of the RTP capture (one port for all calls, demultiplexed by source).")
     whisper_url: str = Field("", description="An external seed-style Whisper HTTP service; empty: rtcore's own ASR.")
     whisper_timeout: float = Field(30.0, gt=0, description="Seconds before a request to whisper_url is abandoned.")
     vad_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Silero speech probability at or above which a chunk is speech.")
@@ -54,6 +54,14 @@ class Settings(BaseModel):
     silence_threshold: int = Field(2, ge=1, le=200, description="Silent chunks that end an utterance.")
     max_buffer_size: int = Field(32000, ge=1024, description="Samples after which an utterance is cut even mid-speech.")
     silence_chunks_context: int = Field(2, ge=0, le=50, description="Chunks of audio before speech onset prepended to an utterance.")
+
+    # --- RTP capture and VAD (ours) -----------------------------------------------------------
+    rtp_payload_type: int = Field(118, ge=0, le=127, description="RTP payload type of slin16 from Asterisk.")
+    rtp_reorder_window: int = Field(5, ge=0, le=50, description="Packets held to reorder before a gap is declared lost (x 20 ms of delay, only when reordering happens).")
+    rtp_recv_buffer_bytes: int = Field(8 << 20, ge=65536, description="Kernel receive buffer of the RTP socket (SO_RCVBUF).")
+    rtp_unknown_grace_s: float = Field(2.0, ge=0.0, le=30.0, description="Packets from a source no call has announced yet are held this long (RTP may beat CallStarted), then dropped.")
+    vad_min_speech_ms: float = Field(250.0, ge=0.0, description="Utterances with less speech than this are dropped as clicks.")
+    vad_stall_timeout_s: float = Field(1.0, gt=0.0, description="A call whose audio stops arriving has its pending utterance cut after this.")
 
     # --- ASR ----------------------------------------------------------------------------------
     asr_model_path: str = Field("", description="A CTranslate2 Whisper model directory; empty: Whisper base assembled from the PyPI packages.")

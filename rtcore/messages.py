@@ -41,10 +41,12 @@ class CallEnded(Message):
 
 
 class ListenMode(Message):
-    """Dialog -> VAD: whether the caller's speech counts while the bot speaks on this call."""
+    """Dialog -> VAD: "ignore" while the bot speaks on a call whose policy is to ignore the caller
+    meanwhile (the seed's behaviour); "listen" otherwise. A call with the barge-in policy stays in
+    "listen" while the bot speaks, and the dialog stops the prompt on SpeechStarted."""
 
     call_id: str
-    mode: Literal["listen", "ignore", "barge_in"]
+    mode: Literal["listen", "ignore"]
 
 
 # --- audio path (VAD -> ASR, dialog) ---------------------------------------------------------

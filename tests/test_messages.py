@@ -9,7 +9,7 @@ EXAMPLES: list[m.Message] = [
     m.CallStarted(call_id="c1", slot=3, generation=7, caller="+33612345678", rtp_source="127.0.0.1:10000",
                   started_at=1.5),
     m.CallEnded(call_id="c1", slot=3, generation=7, reason="caller hung up", ended_at=2.5),
-    m.ListenMode(call_id="c1", mode="barge_in"),
+    m.ListenMode(call_id="c1", mode="ignore"),
     m.SpeechStarted(call_id="c1", slot=3, generation=7, start_sample=16000, at=3.25),
     m.UtteranceReady(utterance_id="c1-0001", call_id="c1", slot=3, generation=7, start_sample=16000,
                      end_sample=48000, eos_at=4.0),
