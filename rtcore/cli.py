@@ -98,6 +98,35 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_segment(args: argparse.Namespace, settings: Settings) -> int:
+    from rtcore.audio import SAMPLE_RATE, AudioError, load_audio
+    from rtcore.segmenter import SegmenterOptions, segment_streams
+    from rtcore.vad import BatchedVad, SileroVad
+
+    names: list[str] = []
+    streams = []
+    failed = 0
+    for name in args.files:
+        try:
+            streams.append(load_audio(name))
+            names.append(name)
+        except AudioError as exc:
+            print(f"rtcore segment: {exc}", file=sys.stderr)
+            failed += 1
+    # All files in one batched inference per step, as the live VAD runs calls.
+    results = segment_streams(streams, SegmenterOptions.from_settings(settings),
+                              BatchedVad(SileroVad(), capacity=max(1, len(streams))))
+    for name, utterances in zip(names, results):
+        spans = [{"start": round(u.start / SAMPLE_RATE, 3), "end": round(u.end / SAMPLE_RATE, 3)} for u in utterances]
+        if args.json:
+            print(json.dumps({"file": name, "utterances": spans}, ensure_ascii=False))
+        else:
+            print(f"{name}: {len(spans)} utterances")
+            for span in spans:
+                print(f"  {span['start']:8.3f}  {span['end']:8.3f}")
+    return 1 if failed else 0
+
+
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(settings.redacted(), indent=2))
     return 0
@@ -118,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print the effective settings (passwords hidden)")
     config.set_defaults(func=cmd_config)
 
-    for p in (launch, models, config):
+    segment = sub.add_parser("segment", help="cut audio files into utterances with the live VAD and segmenter")
+    segment.add_argument("files", nargs="+", metavar="FILE", help="any format FFmpeg decodes; resampled to 16 kHz")
+    segment.add_argument("--json", action="store_true", help="one JSON object per file")
+    segment.set_defaults(func=cmd_segment)
+
+    for p in (launch, models, config, segment):
         _add_setting_flags(p)
     return parser
 

@@ -51,8 +51,8 @@ class Settings(BaseModel):
     vad_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Silero speech probability at or above which a chunk is speech.")
     sample_rate: Literal[16000] = Field(16000, description="Audio sample rate; slin16 and Silero both fix it at 16 kHz.")
     chunk_size: Literal[512] = Field(512, description="VAD chunk in samples (32 ms); Silero at 16 kHz accepts only 512.")
-    silence_threshold: int = Field(2, ge=1, le=200, description="Silent chunks that end an utterance.")
-    max_buffer_size: int = Field(32000, ge=1024, description="Samples after which an utterance is cut even mid-speech.")
+    silence_threshold: int = Field(12, ge=1, le=200, description="Silent 32 ms chunks that end an utterance (seed: 2; 12 measured best, README).")
+    max_buffer_size: int = Field(320000, ge=16000, le=480000, description="Samples after which an utterance is cut even mid-speech (seed: 32000 = 2 s, which split most sentences; now 20 s).")
     silence_chunks_context: int = Field(2, ge=0, le=50, description="Chunks of audio before speech onset prepended to an utterance.")
 
     # --- RTP capture and VAD (ours) -----------------------------------------------------------

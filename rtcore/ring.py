@@ -30,6 +30,8 @@ from typing import Iterator
 import numpy as np
 import numpy.typing as npt
 
+from rtcore.audio import pcm16_to_float
+
 log = logging.getLogger(__name__)
 
 SAMPLE_DTYPE = np.dtype(np.int16)
@@ -258,7 +260,7 @@ class AudioRings:
 
     def read_float(self, lease: SlotLease, start: int, end: int) -> npt.NDArray[np.float32]:
         """[start, end) as float32 in [-1, 1), the input both Silero and Whisper take."""
-        return self.read(lease, start, end).astype(np.float32) * np.float32(1.0 / 32768.0)
+        return pcm16_to_float(self.read(lease, start, end))
 
     def check(self, lease: SlotLease, start: int) -> None:
         """Raise if samples from `start` on may have been overwritten, or the slot changed hands."""

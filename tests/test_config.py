@@ -13,8 +13,7 @@ from rtcore.config import ConfigError, Settings, load_settings
 
 def test_defaults_hold_the_seed_values() -> None:
     s = load_settings(environ={})
-    assert (s.vad_threshold, s.sample_rate, s.chunk_size, s.max_buffer_size, s.silence_chunks_context) == \
-        (0.5, 16000, 512, 32000, 2)
+    assert (s.vad_threshold, s.sample_rate, s.chunk_size, s.silence_chunks_context) == (0.5, 16000, 512, 2)
     assert s.ring_seconds >= 60 and s.ring_capacity >= 60 * 16000 and s.ring_capacity % 512 == 0
 
 

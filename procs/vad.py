@@ -1,0 +1,54 @@
+"""VAD process: every 32 ms, one batched Silero inference over every call with a new chunk."""
+
+from __future__ import annotations
+
+import time
+
+from rtcore.bus import Publisher, Subscriber
+from rtcore.detector import UtteranceDetector
+from rtcore.messages import CallEnded, CallStarted, ListenMode
+from rtcore.process import ProcessContext, run_process
+from rtcore.ring import AudioRings
+from rtcore.segmenter import SegmenterOptions
+from rtcore.vad import BatchedVad, SileroVad
+
+TICK_S = 0.032
+REPORT_EVERY_S = 1.0
+
+
+def main(ctx: ProcessContext) -> None:
+    s = ctx.settings
+    rings = AudioRings.attach(ctx.info.rings)
+    detector = UtteranceDetector(rings, BatchedVad(SileroVad(), capacity=s.max_calls),
+                                 SegmenterOptions.from_settings(s), stall_timeout_s=s.vad_stall_timeout_s)
+    sub = Subscriber(s.endpoint("bus_sub"), [CallStarted, CallEnded, ListenMode])
+    pub = Publisher(s.endpoint("bus_pub"))
+    ctx.ready()
+    next_tick = time.monotonic()
+    next_report = next_tick + REPORT_EVERY_S
+    try:
+        while not ctx.stopping.is_set():
+            # Wait for the next tick, handling call messages as they come.
+            while (wait := next_tick - time.monotonic()) > 0:
+                message = sub.recv(timeout_ms=max(1, int(wait * 1000)))
+                if message is not None:
+                    detector.handle(message)
+            for message in sub.drain():
+                detector.handle(message)
+            for out in detector.tick():
+                pub.publish(out)
+            now = time.monotonic()
+            # Keep the 32 ms cadence; after a stall, resume from now rather than bursting.
+            next_tick = max(next_tick + TICK_S, now)
+            ctx.beat()
+            if now >= next_report:
+                next_report = now + REPORT_EVERY_S
+                ctx.report({**detector.metrics(), "bus_rejected": float(sub.rejected)})
+    finally:
+        sub.close()
+        pub.close()
+        rings.close()
+
+
+if __name__ == "__main__":
+    run_process(main)

@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import uuid
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from rtcore.audio import float_to_pcm16, load_audio, pcm16_to_float
+from rtcore.detector import UtteranceDetector
+from rtcore.messages import CallEnded, CallStarted, ListenMode, SpeechStarted, UtteranceReady
+from rtcore.ring import AudioRings, RingSpec, SlotLease
+from rtcore.segmenter import SegmenterOptions, segment_streams
+from rtcore.vad import BatchedVad, SileroVad
+from tests.conftest import require_shared_audio
+
+PACKET = 320
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def model() -> SileroVad:
+    return SileroVad()
+
+
+@pytest.fixture
+def rings() -> Iterator[AudioRings]:
+    r = AudioRings.create(RingSpec(f"rtcore.test{uuid.uuid4().hex[:8]}.1.rings", 4, 16000 * 60))
+    yield r
+    r.close()
+    r.unlink()
+
+
+@pytest.fixture(scope="module")
+def pcm() -> np.ndarray:
+    return float_to_pcm16(load_audio(require_shared_audio("OSR_fr_000_0041_8k.wav")))
+
+
+def start(detector: UtteranceDetector, rings: AudioRings, call_id: str) -> SlotLease:
+    lease = rings.allocate()
+    detector.handle(CallStarted(call_id=call_id, slot=lease.slot, generation=lease.generation))
+    return lease
+
+
+def test_live_detection_matches_offline_segmentation(model: SileroVad, rings: AudioRings, pcm: np.ndarray) -> None:
+    """Two calls, audio arriving in 20 ms packets with different phases, ticks every 32 ms: the
+    live path cuts exactly what the offline segmenter cuts, as ranges into each call's ring."""
+    options = SegmenterOptions()
+    clock = FakeClock()
+    detector = UtteranceDetector(rings, BatchedVad(model, capacity=1), options, clock=clock)
+    a_audio, b_audio = pcm[:16000 * 40], pcm[16000 * 38:]
+    a, b = start(detector, rings, "call-a"), start(detector, rings, "call-b")
+    messages = []
+    written = {"a": 0, "b": 0}
+    for t in range(0, 16000 * 42, PACKET):  # t: samples of wall time; b starts 7 packets late
+        for key, lease, audio, delay in (("a", a, a_audio, 0), ("b", b, b_audio, 7 * PACKET)):
+            pos = written[key]
+            if t >= delay and pos < len(audio):
+                rings.write(lease, audio[pos:pos + PACKET])
+                written[key] = pos + PACKET
+        if t % 512 < PACKET:  # a tick every 32 ms of audio time
+            clock.now += 0.032
+            messages += detector.tick()
+    clock.now += 5  # the audio stopped: a pending utterance is flushed
+    messages += detector.tick()
+
+    got = {cid: [(m.start_sample, m.end_sample) for m in messages if isinstance(m, UtteranceReady) and m.call_id == cid]
+           for cid in ("call-a", "call-b")}
+    vad = BatchedVad(model)
+    expected_a, expected_b = segment_streams([pcm16_to_float(a_audio), pcm16_to_float(b_audio)], options, vad)
+    assert got["call-a"] == [(u.start, u.end) for u in expected_a]
+    assert got["call-b"] == [(u.start, u.end) for u in expected_b]
+    assert len(got["call-a"]) >= 8 and len(got["call-b"]) >= 8
+    ready = [m for m in messages if isinstance(m, UtteranceReady)]
+    assert [m.utterance_id for m in ready if m.call_id == "call-a"][:2] == ["call-a-0001", "call-a-0002"]
+    assert all((m.slot, m.generation) == (a.slot, a.generation) for m in ready if m.call_id == "call-a")
+    starts = [m for m in messages if isinstance(m, SpeechStarted) and m.call_id == "call-a"]
+    assert len(starts) >= len(got["call-a"])
+    assert detector.stats.max_batch == 2 and detector.stats.inferences < detector.stats.chunks
+
+
+def feed(detector: UtteranceDetector, rings: AudioRings, lease: SlotLease, audio: np.ndarray,
+         clock: FakeClock) -> list[object]:
+    out: list[object] = []
+    for pos in range(0, len(audio), 512):
+        rings.write(lease, audio[pos:pos + 512])
+        clock.now += 0.032
+        out += detector.tick()
+    return out
+
+
+def test_ignore_mode_suppresses_speech_and_listen_resumes(model: SileroVad, rings: AudioRings, pcm: np.ndarray) -> None:
+    clock = FakeClock()
+    detector = UtteranceDetector(rings, BatchedVad(model), SegmenterOptions(), clock=clock)
+    lease = start(detector, rings, "c")
+    detector.handle(ListenMode(call_id="c", mode="ignore"))  # the bot speaks, caller ignored
+    ignored = feed(detector, rings, lease, pcm[:16000 * 20], clock)
+    assert ignored == []
+    detector.handle(ListenMode(call_id="c", mode="listen"))
+    heard = feed(detector, rings, lease, pcm[16000 * 20:16000 * 40], clock)
+    utts = [m for m in heard if isinstance(m, UtteranceReady)]
+    assert len(utts) >= 3
+    assert utts[0].start_sample >= 16000 * 20  # nothing from the ignored period
+
+
+def test_stalled_audio_flushes_the_pending_utterance(model: SileroVad, rings: AudioRings, pcm: np.ndarray) -> None:
+    clock = FakeClock()
+    detector = UtteranceDetector(rings, BatchedVad(model), SegmenterOptions(), stall_timeout_s=1.0, clock=clock)
+    lease = start(detector, rings, "c")
+    # Audio up to the middle of the first sentence (2.56 s - 4.8 s), then nothing more arrives.
+    out = feed(detector, rings, lease, pcm[:16000 * 4], clock)
+    assert not any(isinstance(m, UtteranceReady) for m in out)
+    clock.now += 0.5
+    assert detector.tick() == []
+    clock.now += 0.6
+    [flushed] = detector.tick()
+    assert isinstance(flushed, UtteranceReady) and flushed.end_sample == 16000 * 4 - (16000 * 4) % 512
+    assert detector.stats.stalled_flushes == 1
+
+
+def test_ended_or_reused_calls_are_forgotten(model: SileroVad, rings: AudioRings, pcm: np.ndarray) -> None:
+    clock = FakeClock()
+    detector = UtteranceDetector(rings, BatchedVad(model), SegmenterOptions(), clock=clock)
+    lease = start(detector, rings, "gone")
+    feed(detector, rings, lease, pcm[:16000 * 3], clock)
+    detector.handle(CallEnded(call_id="gone", slot=lease.slot, generation=lease.generation))
+    assert "gone" not in detector.calls and len(detector.vad) == 0
+    # A slot freed and reused before CallEnded reaches the VAD: dropped, no crash, no foreign audio.
+    other = start(detector, rings, "other")
+    rings.free(other)
+    new = rings.allocate()
+    rings.write(new, pcm[:16000])
+    assert detector.tick() == []
+    assert "other" not in detector.calls
