@@ -16,5 +16,8 @@ from rtcore.supervisor import ProcessSpec
 
 def pipeline(settings: Settings) -> list[ProcessSpec]:
     """The children of `rtcore launch`, in start order (stopped in reverse)."""
-    specs: list[ProcessSpec] = []
-    return specs
+    # Capture before VAD: the VAD reads what the capture writes. ASR and dialog follow as they land.
+    return [
+        ProcessSpec("rtp_capture", "procs.rtp_capture"),
+        ProcessSpec("vad", "procs.vad"),
+    ]

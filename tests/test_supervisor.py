@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -173,7 +174,10 @@ def test_kill_9_of_the_supervisor_then_next_start_cleans_up(make_settings: Calla
 
 def test_launch_runs_and_stops_cleanly(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(ari_password="launch-secret")
-    env = {**os.environ, "RTCORE_INSTANCE": settings.instance, "RTCORE_RUN_DIR": settings.run_dir,
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        rtp_port = probe_socket.getsockname()[1]
+    env = {**os.environ, "RTCORE_RTP_PORT": str(rtp_port), "RTCORE_INSTANCE": settings.instance, "RTCORE_RUN_DIR": settings.run_dir,
            "RTCORE_DATA_DIR": settings.data_dir, "RTCORE_METRICS_PORT": "0", "RTCORE_MAX_CALLS": "2",
            "RTCORE_ARI_PASSWORD": "launch-secret"}
     proc = subprocess.Popen([sys.executable, "-m", "rtcore.cli", "launch"], env=env, cwd=REPO,
@@ -190,4 +194,5 @@ def test_launch_runs_and_stops_cleanly(make_settings: Callable[..., Settings]) -
     assert proc.wait(30) == 0
     log = "".join(lines)
     assert "stopped" in log and "launch-secret" not in log
+    assert "rtp_capture ready" in log and "vad ready" in log
     assert segments(settings.instance) == []
