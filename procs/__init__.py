@@ -14,10 +14,17 @@ from rtcore.config import Settings
 from rtcore.supervisor import ProcessSpec
 
 
+def asr_service(settings: Settings) -> list[ProcessSpec]:
+    """The ASR dispatcher and its workers: what `rtcore serve` runs (with the HTTP API)."""
+    workers = [ProcessSpec(f"asr-{i}", "procs.asr_worker") for i in range(settings.asr_workers)]
+    return [ProcessSpec("asr_dispatch", "procs.asr_dispatch"), *workers]
+
+
 def pipeline(settings: Settings) -> list[ProcessSpec]:
-    """The children of `rtcore launch`, in start order (stopped in reverse)."""
-    # Capture before VAD: the VAD reads what the capture writes. ASR and dialog follow as they land.
+    """The children of `rtcore launch`, in start order (stopped in reverse): consumers first, so
+    that nothing is produced before its reader is up."""
     return [
-        ProcessSpec("rtp_capture", "procs.rtp_capture"),
+        *asr_service(settings),
         ProcessSpec("vad", "procs.vad"),
+        ProcessSpec("rtp_capture", "procs.rtp_capture"),
     ]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from rtcore.bus import Publisher, Subscriber
+from rtcore.bus import AsrClient, Publisher, Subscriber
 from rtcore.detector import UtteranceDetector
-from rtcore.messages import CallEnded, CallStarted, ListenMode
+from rtcore.messages import CallEnded, CallStarted, ListenMode, UtteranceReady
 from rtcore.process import ProcessContext, run_process
 from rtcore.ring import AudioRings
 from rtcore.segmenter import SegmenterOptions
@@ -23,6 +23,7 @@ def main(ctx: ProcessContext) -> None:
                                  SegmenterOptions.from_settings(s), stall_timeout_s=s.vad_stall_timeout_s)
     sub = Subscriber(s.endpoint("bus_sub"), [CallStarted, CallEnded, ListenMode])
     pub = Publisher(s.endpoint("bus_pub"))
+    asr = AsrClient(s.endpoint("asr"))
     ctx.ready()
     next_tick = time.monotonic()
     next_report = next_tick + REPORT_EVERY_S
@@ -36,7 +37,9 @@ def main(ctx: ProcessContext) -> None:
             for message in sub.drain():
                 detector.handle(message)
             for out in detector.tick():
-                pub.publish(out)
+                if isinstance(out, UtteranceReady):
+                    asr.submit(out)  # reliable to the ASR dispatcher
+                pub.publish(out)  # and on the bus, for whoever follows calls (dialog, load bench)
             now = time.monotonic()
             # Keep the 32 ms cadence; after a stall, resume from now rather than bursting.
             next_tick = max(next_tick + TICK_S, now)
@@ -47,6 +50,7 @@ def main(ctx: ProcessContext) -> None:
     finally:
         sub.close()
         pub.close()
+        asr.close()
         rings.close()
 
 

@@ -1,12 +1,15 @@
 """The ZeroMQ bus between processes.
 
-Two channels:
+Three channels:
 - events: every process publishes to one XSUB endpoint and subscribes at one XPUB endpoint; the
   supervisor runs the forwarder between them (`BusProxy`). Frames: [topic, msgpack payload], the
   topic being the message type's name so subscribers filter in ZeroMQ, not in Python.
 - control: children PUSH handshakes, heartbeats and metrics to the supervisor's PULL socket.
   PUSH queues until the peer is connected, so a child's first message cannot be lost the way a
   PUB's first messages are before its subscriptions arrive.
+- ASR work: utterances to the ASR dispatcher's ROUTER (from the VAD and the HTTP API through
+  `AsrClient`, DEALER), which hands them to the workers (DEALER) and publishes one Transcript per
+  utterance on the event bus.
 
 Endpoints are `ipc://` in the run directory by default and `tcp://` by configuration.
 A malformed message is counted in `rejected`, logged, and skipped: it never stops a receiver.
@@ -20,7 +23,7 @@ from typing import Iterable
 
 import zmq
 
-from rtcore.messages import AnyMessage, Message, MessageError, decode, encode, topic
+from rtcore.messages import AnyMessage, Message, MessageError, UtteranceReady, decode, encode, topic
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,22 @@ class ControlReceiver(Receiver):
         sock = _socket(ctx or zmq.Context.instance(), zmq.PULL, linger_ms=0)
         sock.bind(endpoint)
         super().__init__(sock, with_topic=False)
+
+
+class AsrClient:
+    """Submits utterances to the ASR dispatcher (DEALER to its ROUTER). Unlike a PUB, a DEALER
+    queues what it sends until the dispatcher is there, so no utterance is lost to a slow join;
+    the transcript comes back on the bus (Transcript, matched by utterance id)."""
+
+    def __init__(self, endpoint: str, ctx: zmq.Context | None = None) -> None:
+        self.socket = _socket(ctx or zmq.Context.instance(), zmq.DEALER, linger_ms=1000)
+        self.socket.connect(endpoint)
+
+    def submit(self, utterance: UtteranceReady) -> None:
+        self.socket.send(encode(utterance))
+
+    def close(self) -> None:
+        self.socket.close()
 
 
 class BusProxy:

@@ -70,11 +70,14 @@ class Settings(BaseModel):
     asr_batch_size: int = Field(8, ge=1, le=256)
     asr_max_wait_ms: float = Field(50.0, ge=0.0, le=10000.0, description="How long a batch waits for more utterances after its first.")
     asr_window_s: float = Field(10.0, gt=0.0, le=30.0, description="Encoder input window in seconds (padded); longer utterances get a longer bucket.")
+    asr_window_margin_s: float = Field(5.0, ge=0.0, le=25.0, description="Padding an utterance needs after it in its window: closer windows make Whisper loop (README).")
     asr_beam_size: int = Field(5, ge=1, le=16)
     asr_workers: int = Field(1, ge=1, le=64)
     asr_language: str = Field("fr", min_length=2, max_length=3)
     asr_intra_threads: int = Field(0, ge=0, description="CTranslate2 threads per batch; 0: CTranslate2's default.")
     asr_inter_threads: int = Field(1, ge=1)
+    asr_endpoint: str = Field("", description="The ASR dispatcher's socket that workers connect to; empty: ipc:// in run_dir.")
+    asr_worker_timeout_s: float = Field(10.0, gt=0, description="A worker silent this long is presumed dead: its utterances go to another.")
 
     # --- ARI / Asterisk -----------------------------------------------------------------------
     ari_url: str = Field("", description="Asterisk ARI base URL, e.g. http://127.0.0.1:8088/ari; empty: the embedded simulator.")
@@ -107,7 +110,7 @@ class Settings(BaseModel):
     stop_timeout_s: float = Field(5.0, gt=0, description="After SIGTERM, how long a child may take before SIGKILL.")
     restart_backoff_max_s: float = Field(30.0, gt=0)
 
-    @field_validator("bus_pub_endpoint", "bus_sub_endpoint", "control_endpoint")
+    @field_validator("bus_pub_endpoint", "bus_sub_endpoint", "control_endpoint", "asr_endpoint")
     @classmethod
     def _zmq_endpoint(cls, value: str) -> str:
         if value and not value.startswith(("ipc://", "tcp://", "inproc://")):
@@ -151,7 +154,7 @@ class Settings(BaseModel):
         chunks = -(-int(self.ring_seconds * self.sample_rate) // self.chunk_size)
         return chunks * self.chunk_size
 
-    def endpoint(self, which: Literal["bus_pub", "bus_sub", "control"]) -> str:
+    def endpoint(self, which: Literal["bus_pub", "bus_sub", "control", "asr"]) -> str:
         configured = getattr(self, f"{which}_endpoint")
         return configured or f"ipc://{self.run_path / (which + '.sock')}"
 

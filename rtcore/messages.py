@@ -70,6 +70,7 @@ class UtteranceReady(Message):
     start_sample: int
     end_sample: int
     eos_at: float  # when the VAD cut it: latencies are measured from here
+    language: str = ""  # empty: the ASR default (asr_language); the HTTP API may ask for another
 
 
 class Transcript(Message):
@@ -88,6 +89,17 @@ class Transcript(Message):
     inference_ms: float = 0.0
     batch_size: int = 0
     worker: str = ""
+
+
+class AsrCredit(Message):
+    """ASR worker -> ASR dispatcher (its own channel, not the bus): "I can hold `capacity`
+    utterances at once" (the dispatcher sends capacity minus what it has in flight there). Sent
+    after each batch and every second as a keep-alive; a worker silent for long, or back under a
+    new pid, has its in-flight utterances re-queued."""
+
+    worker: str
+    pid: int
+    capacity: int
 
 
 # --- playback (dialog -> ARI control) --------------------------------------------------------
@@ -140,7 +152,7 @@ class Metrics(Message):
 
 AnyMessage = Union[
     CallStarted, CallEnded, ListenMode, SpeechStarted, UtteranceReady, Transcript,
-    Play, StopPlayback, ProcessReady, ProcessFailed, Heartbeat, Metrics,
+    AsrCredit, Play, StopPlayback, ProcessReady, ProcessFailed, Heartbeat, Metrics,
 ]
 MESSAGE_TYPES: tuple[type[Message], ...] = AnyMessage.__args__  # type: ignore[attr-defined]
 

@@ -16,6 +16,7 @@ EXAMPLES: list[m.Message] = [
     m.Transcript(utterance_id="c1-0001", call_id="c1", text="soixante-quinze zéro onze", avg_logprob=-0.3,
                  no_speech_prob=0.01, hallucination=False, eos_at=4.0, queue_ms=12.0, features_ms=3.0,
                  inference_ms=250.0, batch_size=6, worker="asr-0"),
+    m.AsrCredit(worker="asr-0", pid=44, capacity=16),
     m.Play(call_id="c1", playback_id="p1", media="sound:rtcore/ask_zip_code"),
     m.StopPlayback(call_id="c1", playback_id="p1"),
     m.ProcessReady(process="vad", pid=42),
@@ -47,7 +48,7 @@ def test_unknown_type_is_rejected() -> None:
 
 
 def test_bad_field_type_is_rejected() -> None:
-    payload = msgspec.msgpack.encode(["UtteranceReady", "u1", "c1", "three", 7, 0, 10, 1.0])
+    payload = msgspec.msgpack.encode(["UtteranceReady", "u1", "c1", "three", 7, 0, 10, 1.0, ""])
     with pytest.raises(m.MessageError, match=r"Expected `int`, got `str` - at `\$\[3\]`"):
         m.decode(payload)
 

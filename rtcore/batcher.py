@@ -1,0 +1,110 @@
+"""Batching utterances from many calls for Whisper.
+
+Items of one CTranslate2 batch must share one encoder length, and Whisper needs padding after the
+speech (windows close to the utterance's length make it loop: README, "Window policy"). So each
+utterance goes to the smallest window bucket that leaves `margin_s` after it: the configured
+window, then 20 s, then 30 s (CTranslate2's maximum; longer audio is split by the engine).
+A bucket's batch is due when it holds `batch_size` items or its oldest item has waited
+`max_wait_s`; the oldest due batch goes first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from rtcore.whisper import MAX_WINDOW_S, SAMPLE_RATE
+
+
+@dataclass
+class AsrRequest:
+    key: str  # utterance id
+    audio: npt.NDArray[np.float32]
+    enqueued_at: float  # monotonic
+    language: str = ""
+    meta: Any = None  # what the caller needs back (e.g. the UtteranceReady)
+    window_s: float = field(default=0.0, init=False)
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    batch_size: int = 8
+    max_wait_s: float = 0.05
+    window_s: float = 10.0
+    margin_s: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "BatchPolicy":  # noqa: F821
+        return cls(batch_size=settings.asr_batch_size, max_wait_s=settings.asr_max_wait_ms / 1000,
+                   window_s=settings.asr_window_s, margin_s=settings.asr_window_margin_s)
+
+    @property
+    def buckets(self) -> list[float]:
+        return sorted({min(self.window_s, MAX_WINDOW_S), *(w for w in (20.0, MAX_WINDOW_S) if w > self.window_s)})
+
+    def window_for(self, duration_s: float) -> float:
+        for window in self.buckets:
+            if duration_s + self.margin_s <= window:
+                return window
+        return MAX_WINDOW_S
+
+
+class AsrBatcher:
+    def __init__(self, policy: BatchPolicy) -> None:
+        self.policy = policy
+        self._buckets: dict[float, OrderedDict[str, AsrRequest]] = {w: OrderedDict() for w in policy.buckets}
+        self._keys: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def add(self, request: AsrRequest) -> bool:
+        """Queue a request; False if one with the same key is already queued."""
+        if request.key in self._keys:
+            return False
+        request.window_s = self.policy.window_for(request.duration_s)
+        self._buckets[request.window_s][request.key] = request
+        self._keys.add(request.key)
+        return True
+
+    def next_deadline(self) -> float:
+        """Monotonic time the next batch becomes due (inf if nothing is queued; a full bucket is due now)."""
+        deadline = math.inf
+        for bucket in self._buckets.values():
+            if not bucket:
+                continue
+            if len(bucket) >= self.policy.batch_size:
+                return -math.inf
+            oldest = next(iter(bucket.values()))
+            deadline = min(deadline, oldest.enqueued_at + self.policy.max_wait_s)
+        return deadline
+
+    def pop_due(self, now: float, flush: bool = False) -> list[AsrRequest]:
+        """The most urgent due batch (all of one window), or [] if none is due. `flush`: everything is due."""
+        best: tuple[float, float] | None = None
+        for window, bucket in self._buckets.items():
+            if not bucket:
+                continue
+            oldest = next(iter(bucket.values())).enqueued_at
+            if flush or len(bucket) >= self.policy.batch_size or now >= oldest + self.policy.max_wait_s:
+                if best is None or oldest < best[1]:
+                    best = (window, oldest)
+        if best is None:
+            return []
+        bucket = self._buckets[best[0]]
+        batch = [bucket.popitem(last=False)[1] for _ in range(min(self.policy.batch_size, len(bucket)))]
+        for request in batch:
+            self._keys.discard(request.key)
+        return batch

@@ -1,0 +1,191 @@
+"""Whisper on CTranslate2, for batches of utterances that share one encoder window.
+
+faster-whisper provides the log-mel feature extractor and the tokenizer; CTranslate2 runs the
+model. `generate` is called once per batch: all items are padded to the same number of frames
+(the window), language forced, task transcribe, no timestamps. CTranslate2 accepts at most 3000
+frames (30 s); longer audio is split into 30 s pieces whose texts are joined.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+HOP = 160  # samples per mel frame: 100 frames per second
+MAX_WINDOW_S = 30.0
+
+# What Whisper writes, in French, over silence or noise: subtitle credits from its training data.
+KNOWN_HALLUCINATIONS = (
+    "sous-titres réalisés par", "sous-titrage st'", "sous-titrage société radio-canada",
+    "merci d'avoir regardé", "abonnez-vous", "amara.org", "sous-titres fait par",
+)
+
+
+@dataclass(frozen=True)
+class WhisperOptions:
+    model_dir: str
+    language: str = "fr"
+    beam_size: int = 5
+    device: str = "cpu"
+    compute_type: str = "int8"
+    intra_threads: int = 0
+    inter_threads: int = 1
+    # Generation stops after this many tokens per second of window: a repetition loop is cut
+    # short instead of running to 448 tokens (French speech is 3 to 6 tokens per second).
+    max_tokens_per_s: float = 15.0
+    no_speech_threshold: float = 0.6
+    logprob_threshold: float = -1.0
+    compression_ratio_threshold: float = 2.4
+
+    @classmethod
+    def from_settings(cls, settings: "Settings", model_dir: Path) -> "WhisperOptions":  # noqa: F821
+        return cls(model_dir=str(model_dir), language=settings.asr_language, beam_size=settings.asr_beam_size,
+                   device=settings.asr_device, compute_type=settings.asr_compute_type,
+                   intra_threads=settings.asr_intra_threads, inter_threads=settings.asr_inter_threads)
+
+
+@dataclass(frozen=True)
+class WhisperResult:
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    hallucination: bool  # flagged: not to be taken as the caller's words
+    reason: str = ""  # why it was flagged
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    features_s: float
+    inference_s: float
+    window_s: float
+    batch_size: int
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+_REPEAT = re.compile(r"(\b.{3,40}?\b)(?:\W*\1){3,}", re.IGNORECASE)
+
+
+class WhisperEngine:
+    """One loaded model. Thread-compatible but not thread-safe: one batch at a time per engine."""
+
+    def __init__(self, options: WhisperOptions) -> None:
+        try:
+            import ctranslate2
+            import tokenizers
+            from faster_whisper.feature_extractor import FeatureExtractor
+            from faster_whisper.tokenizer import Tokenizer
+        except ImportError as exc:  # pragma: no cover - dependencies of rtcore
+            raise RuntimeError(f"ASR needs ctranslate2 and faster-whisper: {exc}") from exc
+        self.options = options
+        self._ct2 = ctranslate2
+        model_dir = Path(options.model_dir)
+        self.model = ctranslate2.models.Whisper(
+            str(model_dir), device=options.device, compute_type=options.compute_type,
+            intra_threads=options.intra_threads, inter_threads=options.inter_threads)
+        tokenizer_file = model_dir / "tokenizer.json"
+        if not tokenizer_file.is_file():
+            raise RuntimeError(f"{model_dir} has no tokenizer.json")
+        self.tokenizer = Tokenizer(tokenizers.Tokenizer.from_file(str(tokenizer_file)),
+                                   self.model.is_multilingual, task="transcribe", language=options.language)
+        self.features = FeatureExtractor(feature_size=self.model.n_mels)
+        self.prompt = list(self.tokenizer.sot_sequence) + [self.tokenizer.no_timestamps]
+        self._prompts: dict[str, list[int]] = {options.language: self.prompt}
+        log.info("Whisper %s on %s (%s), language %s, beam %d", model_dir.name, options.device,
+                 options.compute_type, options.language, options.beam_size)
+
+    def prompt_for(self, language: str) -> list[int]:
+        """The decoder prompt forcing `language` (ValueError for a code Whisper does not know)."""
+        if not language:
+            return self.prompt
+        prompt = self._prompts.get(language)
+        if prompt is None:
+            token = self.tokenizer.tokenizer.token_to_id(f"<|{language}|>")
+            if token is None or not self.model.is_multilingual:
+                raise ValueError(f"unknown language {language!r} for this Whisper model")
+            prompt = [token if t == self.tokenizer.language else t for t in self.prompt]
+            self._prompts[language] = prompt
+        return prompt
+
+    def transcribe(self, audios: list[npt.NDArray[np.float32]], window_s: float,
+                   languages: list[str] | None = None, while_waiting: Callable[[], None] | None = None
+                   ) -> tuple[list[WhisperResult], BatchTiming]:
+        """Transcribe 16 kHz float32 signals, each padded to `window_s`, in one generate call.
+
+        Audio longer than the window is split into window-long pieces (texts joined), so speech
+        is never truncated; callers bucket by length so that this is rare."""
+        if not audios:
+            return [], BatchTiming(0.0, 0.0, window_s, 0)
+        window_s = min(window_s, MAX_WINDOW_S)
+        frames = int(round(window_s * SAMPLE_RATE / HOP))
+        piece = frames * HOP
+        owners: list[int] = []
+        prompts: list[list[int]] = []
+        t0 = time.perf_counter()
+        mels = []
+        for index, audio in enumerate(audios):
+            for start in range(0, max(len(audio), 1), piece):
+                mel = self.features(np.asarray(audio[start:start + piece], dtype=np.float32))
+                mels.append(_pad_or_trim(mel, frames))
+                owners.append(index)
+                prompts.append(self.prompt_for(languages[index] if languages else ""))
+        batch = np.ascontiguousarray(np.stack(mels), dtype=np.float32)
+        t1 = time.perf_counter()
+        opts = self.options
+        pending = self.model.generate(
+            self._ct2.StorageView.from_array(batch), prompts, beam_size=opts.beam_size,
+            return_scores=True, return_no_speech_prob=True, suppress_blank=True,
+            max_length=min(448, len(self.prompt) + max(16, int(window_s * opts.max_tokens_per_s))),
+            asynchronous=True)
+        # A big 30 s batch takes many seconds on a CPU: keep the caller's heartbeats going meanwhile.
+        while while_waiting is not None and not all(r.done() for r in pending):
+            while_waiting()
+            time.sleep(0.02)
+        results = [r.result() for r in pending]
+        t2 = time.perf_counter()
+        pieces: list[list[tuple[str, float, float]]] = [[] for _ in audios]
+        for owner, result in zip(owners, results):
+            tokens = [t for t in result.sequences_ids[0] if t < self.tokenizer.eot]
+            # As faster-whisper: the score is length-normalised; turn it back into a mean.
+            cum_logprob = result.scores[0] * (len(tokens) ** 1.0)
+            pieces[owner].append((self.tokenizer.decode(tokens).strip(), cum_logprob / (len(tokens) + 1),
+                                  result.no_speech_prob))
+        out = [self._judge(" ".join(p[0] for p in parts if p[0]), float(np.mean([p[1] for p in parts])),
+                           float(max(p[2] for p in parts))) for parts in pieces]
+        return out, BatchTiming(t1 - t0, t2 - t1, window_s, len(mels))
+
+    def _judge(self, text: str, avg_logprob: float, no_speech_prob: float) -> WhisperResult:
+        opts = self.options
+        ratio = compression_ratio(text)
+        reason = ""
+        lowered = text.lower()
+        if not text:
+            reason = "empty"
+        elif no_speech_prob > opts.no_speech_threshold and avg_logprob < opts.logprob_threshold:
+            reason = "no speech"  # Whisper's own rule for a silent window
+        elif ratio > opts.compression_ratio_threshold or _REPEAT.search(text):
+            reason = "repetition"
+        elif any(phrase in lowered for phrase in KNOWN_HALLUCINATIONS):
+            reason = "known hallucination"
+        return WhisperResult(text, avg_logprob, no_speech_prob, ratio, bool(reason), reason)
+
+
+def _pad_or_trim(mel: npt.NDArray[np.float32], frames: int) -> npt.NDArray[np.float32]:
+    from faster_whisper.audio import pad_or_trim
+
+    return pad_or_trim(mel, frames)
