@@ -97,6 +97,9 @@ class Settings(BaseModel):
     # --- ports and bus ------------------------------------------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
+    http_max_upload_mb: float = Field(25.0, gt=0, description="Largest request body the HTTP API accepts (413 above).")
+    http_max_audio_s: float = Field(60.0, gt=0, le=600, description="Longest audio the HTTP API transcribes (413 above); at most ring_seconds.")
+    http_request_timeout_s: float = Field(120.0, gt=0, description="How long an HTTP transcription may wait for its transcript (504 after).")
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus endpoint of the supervisor; 0: off.")
     bus_pub_endpoint: str = Field("", description="Where processes publish (ZeroMQ XSUB side); empty: ipc:// in run_dir.")
     bus_sub_endpoint: str = Field("", description="Where processes subscribe (ZeroMQ XPUB side); empty: ipc:// in run_dir.")
