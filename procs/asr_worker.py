@@ -52,8 +52,9 @@ def main(ctx: ProcessContext) -> None:
     try:
         while not ctx.stopping.is_set():
             now = time.monotonic()
-            wait_s = min(worker.next_deadline(), next_keepalive) - now
-            if dealer.poll(max(0, min(int(wait_s * 1000), 100))):
+            # next_deadline() is -inf for a full batch and inf for an empty batcher.
+            wait_s = min(max(min(worker.next_deadline(), next_keepalive) - now, 0.0), 0.1)
+            if dealer.poll(int(wait_s * 1000)):
                 while True:
                     try:
                         payload = dealer.recv(zmq.NOBLOCK)

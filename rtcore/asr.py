@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
 
 from rtcore.audio import pcm16_to_float
 from rtcore.batcher import AsrBatcher, AsrRequest, BatchPolicy
 from rtcore.messages import Transcript, UtteranceReady
 from rtcore.ring import AudioRings, RingError, SlotLease
-from rtcore.whisper import WhisperEngine
+from rtcore.whisper import WhisperEngine, WhisperResult
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +92,18 @@ class AsrWorker:
         return {"batches": float(self.batches), "utterances": float(self.utterances),
                 "mean_batch": self.utterances / self.batches if self.batches else 0.0,
                 "errors": float(self.errors), "flagged": float(self.flagged), "queued": float(len(self.batcher))}
+
+
+def transcribe_offline(engine: WhisperEngine, policy: BatchPolicy,
+                       items: list[tuple[str, "npt.NDArray[np.float32]"]], language: str = ""
+                       ) -> dict[str, WhisperResult]:
+    """Whole files' utterances at once (`rtcore transcribe`, benchmarks): the same batcher, every
+    batch due at once, so each batch is as full as the length buckets allow."""
+    batcher = AsrBatcher(policy)
+    for key, audio in items:
+        batcher.add(AsrRequest(key, audio, 0.0, language=language))
+    results: dict[str, WhisperResult] = {}
+    while batch := batcher.pop_due(0.0, flush=True):
+        outputs, _ = engine.transcribe([r.audio for r in batch], batch[0].window_s, [r.language for r in batch])
+        results.update((r.key, out) for r, out in zip(batch, outputs))
+    return results

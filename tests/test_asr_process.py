@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from typing import Callable
+
+import pytest
+
+import procs
+from rtcore.audio import float_to_pcm16, load_audio
+from rtcore.bus import AsrClient, Publisher, Subscriber
+from rtcore.config import Settings
+from rtcore.messages import Transcript, UtteranceReady
+from rtcore.segmenter import SegmenterOptions, segment_streams
+from rtcore.supervisor import Supervisor
+from rtcore.vad import BatchedVad, SileroVad
+from tests.conftest import require_shared_audio
+
+
+def join_bus(settings: Settings, sub: Subscriber) -> None:
+    """Publish probe transcripts until one comes back: our subscription is then in place."""
+    pub = Publisher(settings.endpoint("bus_pub"))
+    try:
+        for _ in range(500):
+            pub.publish(Transcript(utterance_id="probe", call_id="probe", text=""))
+            if sub.recv(timeout_ms=20) is not None:
+                sub.drain()
+                return
+        raise AssertionError("never joined the bus")
+    finally:
+        pub.close()
+
+
+def test_killing_a_worker_mid_run_loses_and_duplicates_nothing(make_settings: Callable[..., Settings]) -> None:
+    audio = load_audio(require_shared_audio("OSR_fr_000_0041_8k.wav"))
+    [spans] = segment_streams([audio], SegmenterOptions(), BatchedVad(SileroVad()))
+    settings = make_settings(redis_url="redis://127.0.0.1:1", ring_seconds=90.0, asr_workers=2,
+                             asr_intra_threads=1, asr_batch_size=4, asr_worker_timeout_s=30.0)
+    sup = Supervisor(settings, procs.asr_service(settings))
+    sup.start()
+    sub = Subscriber(settings.endpoint("bus_sub"), [Transcript])
+    client = AsrClient(settings.endpoint("asr"))
+    try:
+        join_bus(settings, sub)
+        assert sup.rings is not None
+        lease = sup.rings.allocate()
+        sup.rings.write(lease, float_to_pcm16(audio))
+        # The 18 sentences twice over: 36 utterances, more than both workers hold at once.
+        ids = []
+        for round_no in range(2):
+            for k, span in enumerate(spans):
+                ids.append(f"call-{round_no}-{k:02d}")
+                client.submit(UtteranceReady(utterance_id=ids[-1], call_id="call", slot=lease.slot,
+                                             generation=lease.generation, start_sample=span.start,
+                                             end_sample=span.end, eos_at=time.time()))
+        got: list[Transcript] = []
+        victim = sup.children["asr-0"]
+        killed_pid = 0
+        deadline = time.monotonic() + 400
+        while len({t.utterance_id for t in got}) < len(ids):
+            assert time.monotonic() < deadline, f"{len(got)} of {len(ids)} transcripts"
+            message = sub.recv(timeout_ms=100)
+            if isinstance(message, Transcript):
+                got.append(message)
+                # asr-0 has just finished a batch and holds more: kill it now.
+                if message.worker == "asr-0" and not killed_pid:
+                    killed_pid = victim.pid
+                    os.kill(killed_pid, signal.SIGKILL)
+            sup.poll(0)
+        # Let any late duplicate surface before counting: wait for the dispatcher's report to
+        # show everything published, then drain the bus.
+        dispatch = sup.children["asr_dispatch"]
+        while dispatch.metrics.get("published", 0) < len(ids):
+            assert time.monotonic() < deadline
+            sup.poll(0.1)
+        got += [m for m in sub.drain() if isinstance(m, Transcript)]
+        counts = Counter(t.utterance_id for t in got)
+        assert set(counts) == set(ids)
+        assert max(counts.values()) == 1, [k for k, v in counts.items() if v > 1]
+        assert all(t.error == "" and t.text for t in got)
+        assert killed_pid and victim.restarts == 1
+        assert dispatch.metrics["requeued"] >= 1  # the kill did catch work in flight
+        assert {t.worker for t in got} >= {"asr-0", "asr-1"}
+        assert max(t.batch_size for t in got) > 1
+    finally:
+        client.close()
+        sub.close()
+        sup.stop()
+
+
+def test_overrun_utterance_gets_an_error_transcript(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(redis_url="redis://127.0.0.1:1", ring_seconds=2.0, asr_workers=1, asr_intra_threads=1)
+    sup = Supervisor(settings, procs.asr_service(settings))
+    sup.start()
+    sub = Subscriber(settings.endpoint("bus_sub"), [Transcript])
+    client = AsrClient(settings.endpoint("asr"))
+    try:
+        join_bus(settings, sub)
+        assert sup.rings is not None
+        lease = sup.rings.allocate()
+        sup.rings.write_silence(lease, 16000 * 5)  # 5 s into a 2 s ring: the first 3 s are gone
+        client.submit(UtteranceReady(utterance_id="old", call_id="c", slot=lease.slot, generation=lease.generation,
+                                     start_sample=0, end_sample=16000, eos_at=time.time()))
+        message = None
+        while not isinstance(message, Transcript):
+            message = sub.recv(timeout_ms=60000)
+            assert message is not None
+        assert message.utterance_id == "old" and message.text == ""
+        assert "were overwritten" in message.error
+        assert sup.children["asr-0"].restarts == 0
+    finally:
+        client.close()
+        sub.close()
+        sup.stop()

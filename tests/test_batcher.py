@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rtcore.batcher import AsrBatcher, AsrRequest, BatchPolicy
+
+POLICY = BatchPolicy(batch_size=3, max_wait_s=0.05, window_s=10.0, margin_s=5.0)
+
+
+def req(key: str, seconds: float, at: float) -> AsrRequest:
+    return AsrRequest(key, np.zeros(int(seconds * 16000), np.float32), at)
+
+
+def test_window_buckets_leave_the_margin() -> None:
+    assert POLICY.buckets == [10.0, 20.0, 30.0]
+    assert [POLICY.window_for(d) for d in (0.5, 5.0, 5.1, 15.0, 15.1, 29.0, 45.0)] == \
+        [10.0, 10.0, 20.0, 20.0, 30.0, 30.0, 30.0]
+    assert BatchPolicy(window_s=30.0).buckets == [30.0]
+    assert BatchPolicy(window_s=25.0, margin_s=2.0).window_for(10.0) == 25.0
+
+
+def test_a_full_bucket_is_due_at_once() -> None:
+    b = AsrBatcher(POLICY)
+    for i in range(3):
+        b.add(req(f"u{i}", 2.0, at=100.0))
+    assert b.next_deadline() == -math.inf
+    batch = b.pop_due(now=100.0)
+    assert [r.key for r in batch] == ["u0", "u1", "u2"] and {r.window_s for r in batch} == {10.0}
+    assert len(b) == 0 and b.next_deadline() == math.inf
+
+
+def test_a_partial_bucket_waits_for_max_wait_from_its_oldest() -> None:
+    b = AsrBatcher(POLICY)
+    b.add(req("a", 2.0, at=100.0))
+    b.add(req("b", 2.0, at=100.03))
+    assert b.next_deadline() == 100.05
+    assert b.pop_due(now=100.049) == []
+    assert [r.key for r in b.pop_due(now=100.05)] == ["a", "b"]
+
+
+def test_lengths_never_share_a_batch_and_the_oldest_goes_first() -> None:
+    b = AsrBatcher(POLICY)
+    b.add(req("long", 12.0, at=100.0))
+    b.add(req("short1", 2.0, at=100.01))
+    b.add(req("short2", 2.0, at=100.02))
+    assert [r.key for r in b.pop_due(now=101.0)] == ["long"]
+    assert [(r.key, r.window_s) for r in b.pop_due(now=101.0)] == [("short1", 10.0), ("short2", 10.0)]
+
+
+def test_flush_and_duplicates() -> None:
+    b = AsrBatcher(POLICY)
+    assert b.add(req("x", 1.0, at=0.0)) and not b.add(req("x", 1.0, at=0.0))
+    assert "x" in b and len(b) == 1
+    assert [r.key for r in b.pop_due(now=0.0, flush=True)] == ["x"]
