@@ -20,11 +20,17 @@ def asr_service(settings: Settings) -> list[ProcessSpec]:
     return [ProcessSpec("asr_dispatch", "procs.asr_dispatch"), *workers]
 
 
+def http_service(settings: Settings) -> list[ProcessSpec]:
+    """What `rtcore serve` runs: the ASR service and the HTTP API in front of it."""
+    return [*asr_service(settings), ProcessSpec("http_api", "procs.http_api")]
+
+
 def pipeline(settings: Settings) -> list[ProcessSpec]:
     """The children of `rtcore launch`, in start order (stopped in reverse): consumers first, so
     that nothing is produced before its reader is up."""
     return [
         *asr_service(settings),
+        ProcessSpec("http_api", "procs.http_api"),
         ProcessSpec("vad", "procs.vad"),
         ProcessSpec("rtp_capture", "procs.rtp_capture"),
     ]

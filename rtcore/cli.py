@@ -89,6 +89,45 @@ def cmd_launch(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """The Whisper HTTP service alone: the ASR dispatcher and workers plus the HTTP API (no Redis)."""
+    from procs import http_service
+    from rtcore.http_api import listening_url
+    from rtcore.logs import setup_logging
+    from rtcore.models import whisper_model_dir
+    from rtcore.supervisor import Supervisor, SupervisorError
+
+    setup_logging(settings, process="supervisor")
+    log.info("rtcore serve, instance %r, settings: %s", settings.instance, json.dumps(settings.redacted()))
+    whisper_model_dir(settings)  # assembled once here, not concurrently in every worker
+    stop_requested: list[int] = []
+
+    def on_signal(signum: int, _frame: types.FrameType | None) -> None:
+        if stop_requested:
+            raise KeyboardInterrupt
+        stop_requested.append(signum)
+        log.info("received %s: stopping", signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    supervisor = Supervisor(settings, http_service(settings), private_redis=False)
+    try:
+        supervisor.start()
+    except SupervisorError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        # The API reports its bound port before it reports ready (http_port 0: any free port).
+        port = int(supervisor.children["http_api"].metrics.get("listening_port", settings.http_port))
+        print(f"Whisper HTTP API on {listening_url(settings.http_host, port)} (Ctrl-C stops)", flush=True)
+        deadline = time.monotonic() + args.duration if args.duration else float("inf")
+        supervisor.run(lambda: bool(stop_requested) or time.monotonic() >= deadline)
+    finally:
+        supervisor.stop()
+        log.info("stopped")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from rtcore.models import silero_onnx_path, whisper_model_dir
 
@@ -127,6 +166,49 @@ def cmd_segment(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def cmd_transcribe(args: argparse.Namespace, settings: Settings) -> int:
+    from rtcore.asr import transcribe_offline
+    from rtcore.audio import SAMPLE_RATE, AudioError, load_audio
+    from rtcore.batcher import BatchPolicy
+    from rtcore.models import whisper_model_dir
+    from rtcore.segmenter import SegmenterOptions, segment_streams
+    from rtcore.vad import BatchedVad, SileroVad
+    from rtcore.whisper import WhisperEngine, WhisperOptions
+
+    names, streams, failed = [], [], 0
+    for name in args.files:
+        try:
+            streams.append(load_audio(name))
+            names.append(name)
+        except AudioError as exc:
+            print(f"rtcore transcribe: {exc}", file=sys.stderr)
+            failed += 1
+    segments = segment_streams(streams, SegmenterOptions.from_settings(settings),
+                               BatchedVad(SileroVad(), capacity=max(1, len(streams))))
+    engine = WhisperEngine(WhisperOptions.from_settings(settings, whisper_model_dir(settings)))
+    # Every utterance of every file through one batcher: batches mix files, as they mix calls.
+    items = [(f"{i}:{j}", streams[i][u.start:u.end]) for i, utts in enumerate(segments) for j, u in enumerate(utts)]
+    results = transcribe_offline(engine, BatchPolicy.from_settings(settings), items, language=settings.asr_language)
+    for i, (name, utts) in enumerate(zip(names, segments)):
+        rows = []
+        for j, u in enumerate(utts):
+            result = results[f"{i}:{j}"]
+            row: dict[str, Any] = {"start": round(u.start / SAMPLE_RATE, 3), "end": round(u.end / SAMPLE_RATE, 3),
+                                   "text": "" if result.hallucination else result.text}
+            if result.hallucination:
+                row["flagged"] = result.reason  # Whisper's output kept out of the text: not speech
+            rows.append(row)
+        text = " ".join(r["text"] for r in rows if r["text"])
+        if args.json:
+            print(json.dumps({"file": name, "text": text, "utterances": rows}, ensure_ascii=False))
+        else:
+            print(f"{name}:")
+            for r in rows:
+                shown = r["text"] if "flagged" not in r else f"[flagged: {r['flagged']}]"
+                print(f"  {r['start']:8.3f}  {r['end']:8.3f}  {shown}")
+    return 1 if failed else 0
+
+
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(settings.redacted(), indent=2))
     return 0
@@ -140,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds")
     launch.set_defaults(func=cmd_launch)
 
+    serve = sub.add_parser("serve", help="run the Whisper HTTP API with the batched ASR until Ctrl-C")
+    serve.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds")
+    serve.set_defaults(func=cmd_serve)
+    _add_setting_flags(serve)
+
     models = sub.add_parser("models", help="assemble and locate the models (no network)")
     models.add_argument("--verify", action="store_true", help="re-check the Whisper model's SHA-256")
     models.set_defaults(func=cmd_models)
@@ -152,7 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--json", action="store_true", help="one JSON object per file")
     segment.set_defaults(func=cmd_segment)
 
-    for p in (launch, models, config, segment):
+    transcribe = sub.add_parser("transcribe", help="segment audio files with the VAD and transcribe them with the batched ASR")
+    transcribe.add_argument("files", nargs="+", metavar="FILE", help="any format FFmpeg decodes; resampled to 16 kHz")
+    transcribe.add_argument("--json", action="store_true", help="one JSON object per file")
+    transcribe.set_defaults(func=cmd_transcribe)
+
+    for p in (launch, models, config, segment, transcribe):
         _add_setting_flags(p)
     return parser
 

@@ -92,8 +92,11 @@ class InstanceLock:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, specs: list[ProcessSpec]) -> None:
+    def __init__(self, settings: Settings, specs: list[ProcessSpec], private_redis: bool = True) -> None:
+        """`private_redis`: start a redis-server when no `redis_url` is set (False: the processes
+        need no Redis, e.g. `rtcore serve`)."""
         self.settings = settings
+        self.private_redis = private_redis
         self.children = {spec.name: Child(spec) for spec in specs}
         self.redis: PrivateRedis | None = None
         self.rings: AudioRings | None = None
@@ -117,7 +120,7 @@ class Supervisor:
                      spec.capacity / s.sample_rate, spec.total_bytes >> 20, spec.name)
             self._bus = BusProxy(s.endpoint("bus_pub"), s.endpoint("bus_sub"), self._ctx).start()
             self._control = ControlReceiver(s.endpoint("control"), self._ctx)
-            if not s.redis_url:
+            if not s.redis_url and self.private_redis:
                 self.redis = PrivateRedis(s.run_path, s.data_path / "redis").start()
                 self.settings = s = s.model_copy(update={"redis_url": self.redis.url})
             self._started = True

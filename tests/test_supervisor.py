@@ -179,7 +179,7 @@ def test_launch_runs_and_stops_cleanly(make_settings: Callable[..., Settings]) -
         rtp_port = probe_socket.getsockname()[1]
     env = {**os.environ, "RTCORE_RTP_PORT": str(rtp_port), "RTCORE_INSTANCE": settings.instance, "RTCORE_RUN_DIR": settings.run_dir,
            "RTCORE_DATA_DIR": settings.data_dir, "RTCORE_METRICS_PORT": "0", "RTCORE_MAX_CALLS": "2",
-           "RTCORE_ARI_PASSWORD": "launch-secret"}
+           "RTCORE_ARI_PASSWORD": "launch-secret", "RTCORE_HTTP_PORT": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "rtcore.cli", "launch"], env=env, cwd=REPO,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None

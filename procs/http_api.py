@@ -1,0 +1,76 @@
+"""The HTTP API process: the seed's Whisper HTTP service (rtcore.http_api) on http_host:http_port,
+transcribing through the run's ASR dispatcher and workers.
+
+It reports ready once listening; its Metrics carry `listening_port` (the bound port, useful with
+http_port 0) and the request counters. Heartbeats come from an asyncio task, so they stop if the
+event loop is blocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import uvloop
+from aiohttp import web
+
+from rtcore.http_api import API_KEY, PipelineTranscriber, check_audio_fits, create_app, listening_url
+from rtcore.process import ProcessContext, run_process
+from rtcore.ring import AudioRings
+
+log = logging.getLogger(__name__)
+
+BEAT_EVERY_S = 0.5
+REPORT_EVERY_S = 1.0
+
+
+async def serve(ctx: ProcessContext) -> None:
+    s = ctx.settings
+    # Before anything else: a configuration that cannot work must fail the start, with its reason.
+    check_audio_fits(s, ctx.info.rings.capacity)
+    rings = AudioRings.attach(ctx.info.rings)
+    transcriber = PipelineTranscriber(s, rings)
+    runner: web.AppRunner | None = None
+    try:
+        await transcriber.start(timeout_s=s.start_timeout_s)
+        app = create_app(transcriber, s)
+        # In-flight requests get part of the stop time to finish; the ASR stops after us.
+        runner = web.AppRunner(app, shutdown_timeout=s.stop_timeout_s / 2)
+        await runner.setup()
+        site = web.TCPSite(runner, s.http_host, s.http_port)
+        await site.start()
+        port = _bound_port(runner, s.http_port)
+        api = app[API_KEY]
+        # Reported before ready: the supervisor knows the port by the time the start returns.
+        ctx.report({"listening_port": float(port), **api.metrics()})
+        log.info("HTTP API listening on %s", listening_url(s.http_host, port))
+        ctx.ready()
+        beat_every = min(BEAT_EVERY_S, s.heartbeat_interval_s)
+        next_report = time.monotonic() + REPORT_EVERY_S
+        while not ctx.stopping.is_set():
+            await asyncio.sleep(beat_every)
+            ctx.beat()
+            if time.monotonic() >= next_report:
+                next_report = time.monotonic() + REPORT_EVERY_S
+                ctx.report({"listening_port": float(port), **api.metrics()})
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await transcriber.close()
+        rings.close()
+
+
+def _bound_port(runner: web.AppRunner, configured: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return configured
+
+
+def main(ctx: ProcessContext) -> None:
+    uvloop.run(serve(ctx))
+
+
+if __name__ == "__main__":
+    run_process(main)
