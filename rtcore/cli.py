@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 import types
+from pathlib import Path
 import typing
 from typing import Any, Callable, Sequence
 
@@ -209,6 +210,36 @@ def cmd_transcribe(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def cmd_prompts(args: argparse.Namespace, settings: Settings) -> int:
+    from rtcore.dialog.script import load_script
+    from rtcore.prompts import build_prompts
+
+    out = Path(args.out) if args.out else settings.prompts_path
+    rendered = build_prompts(load_script(settings.dialog_script or None), out, settings.tts_command, force=args.force)
+    for r in rendered:
+        print(f"{r.seconds:6.2f} s  {'cached  ' if r.cached else 'rendered'}  {r.path}")
+    print(f"{len(rendered)} prompts in {out} ({sum(not r.cached for r in rendered)} rendered)")
+    return 0
+
+
+def cmd_leads(args: argparse.Namespace, settings: Settings) -> int:
+    import redis
+
+    from rtcore.leads import export_leads, read_leads
+
+    url = settings.redis_url or f"unix://{settings.run_path / 'redis.sock'}"
+    client = redis.Redis.from_url(url, socket_timeout=5.0)
+    try:
+        sys.stdout.write(export_leads(read_leads(client), args.format))
+    except redis.RedisError as exc:
+        hint = "" if settings.redis_url else " (is `rtcore launch` running? set redis_url otherwise)"
+        print(f"rtcore leads: cannot read Redis at {url}: {exc}{hint}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(settings.redacted(), indent=2))
     return 0
@@ -239,12 +270,25 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--json", action="store_true", help="one JSON object per file")
     segment.set_defaults(func=cmd_segment)
 
+    prompts = sub.add_parser("prompts", help="render the dialog's prompts to audio")
+    prompts_sub = prompts.add_subparsers(dest="prompts_command", required=True)
+    build = prompts_sub.add_parser("build", help="render every prompt to 16 kHz WAV (and .sln16) with the TTS command")
+    build.add_argument("--out", metavar="DIR", help="output directory (default: prompts_dir)")
+    build.add_argument("--force", action="store_true", help="render again even if unchanged")
+    build.set_defaults(func=cmd_prompts)
+
+    leads = sub.add_parser("leads", help="the qualified leads stored in Redis")
+    leads_sub = leads.add_subparsers(dest="leads_command", required=True)
+    export = leads_sub.add_parser("export", help="print every lead")
+    export.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    export.set_defaults(func=cmd_leads)
+
     transcribe = sub.add_parser("transcribe", help="segment audio files with the VAD and transcribe them with the batched ASR")
     transcribe.add_argument("files", nargs="+", metavar="FILE", help="any format FFmpeg decodes; resampled to 16 kHz")
     transcribe.add_argument("--json", action="store_true", help="one JSON object per file")
     transcribe.set_defaults(func=cmd_transcribe)
 
-    for p in (launch, models, config, segment, transcribe):
+    for p in (launch, models, config, segment, transcribe, build, export):
         _add_setting_flags(p)
     return parser
 

@@ -86,6 +86,12 @@ class Settings(BaseModel):
     ari_app: str = Field("rtcore", pattern=r"^[A-Za-z0-9_.-]+$")
     ari_timeout: float = Field(5.0, gt=0)
 
+    # --- dialog ------------------------------------------------------------------------------
+    dialog_script: str = Field("", description="The conversation (YAML); empty: the shipped rtcore/dialog/script.yaml.")
+    dialog_barge_in: bool = Field(True, description="The caller may interrupt the bot (SpeechStarted stops the prompt); false: ignored while the bot speaks, as the seed.")
+    prompts_dir: str = Field("", description="Rendered prompt WAVs (rtcore prompts build); empty: <data_dir>/sounds.")
+    tts_command: str = Field("espeak-ng -v fr+f3 -s 150 --stdin -w {out}", description="Renders one prompt: French text on stdin, a WAV written to {out} (resampled to 16 kHz by sox).")
+
     # --- Redis --------------------------------------------------------------------------------
     redis_url: str = Field("", description="redis:// or unix:// URL; empty: a private redis-server started by `rtcore launch`.")
 
@@ -146,6 +152,10 @@ class Settings(BaseModel):
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir) if self.data_dir else Path.home() / ".local/share/rtcore" / self.instance
+
+    @property
+    def prompts_path(self) -> Path:
+        return Path(self.prompts_dir) if self.prompts_dir else self.data_path / "sounds"
 
     @property
     def model_cache_path(self) -> Path:

@@ -1,0 +1,1 @@
+"""Asterisk REST Interface: the client rtcore drives Asterisk with."""

@@ -1,0 +1,189 @@
+"""Loading and checking the dialog script (YAML that ops edit)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_SCRIPT = Path(__file__).with_name("script.yaml")
+
+MAIN_INTENTS = (
+    "ok_eligibility", "not_interested", "busy", "ok_zipcode", "zipcode_why", "not_in_france", "ok_proprio",
+    "not_proprio", "ok_heating", "ok_callback", "no_callback", "ok_slot", "slot_problem", "which_help", "repeat",
+    "unknown",
+)
+FAQ_INTENTS = tuple(f"faq{i}" for i in range(1, 25))
+INTENTS = MAIN_INTENTS + FAQ_INTENTS
+SLOTS = ("zip_code", "owner", "heating", "slot")
+OUTCOMES = ("qualified", "not_eligible", "refused", "abandoned", "error")
+
+
+class ScriptError(ValueError):
+    """The script is not valid; the message says where."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    name: str
+    text: str
+    audio: str
+
+
+@dataclass(frozen=True)
+class Action:
+    """What an intent does in a state (see script.yaml's header)."""
+
+    say: str | None = None
+    next: str | None = None
+    end: str | None = None
+    save: str | None = None
+    counter: str | None = None
+    exhausted: str | None = None
+    repeat: bool = False
+    reprompt: bool = False
+
+
+@dataclass(frozen=True)
+class State:
+    name: str
+    prompt: str
+    reprompt: str
+    on: dict[str, Action]
+
+
+@dataclass(frozen=True)
+class Ending:
+    name: str
+    prompt: str
+    outcome: str
+
+
+@dataclass(frozen=True)
+class NoInput:
+    timeout_s: float
+    max_reprompts: int
+    ending: str
+
+
+@dataclass(frozen=True)
+class DialogScript:
+    start: str
+    prompts: dict[str, Prompt]
+    states: dict[str, State]
+    endings: dict[str, Ending]
+    global_actions: dict[str, Action]
+    counters: dict[str, int]
+    no_input: NoInput
+    source: str = field(default="", compare=False)
+
+
+def load_script(path: str | Path | None = None) -> DialogScript:
+    path = Path(path) if path else DEFAULT_SCRIPT
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ScriptError(f"{path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ScriptError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return _build(data, str(path))
+    except ScriptError as exc:
+        raise ScriptError(f"{path}: {exc}") from None
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ScriptError(f"{where} must be a mapping")
+    return value
+
+
+def _action(value: Any, where: str) -> Action:
+    data = _mapping(value, where)
+    known = set(Action.__dataclass_fields__)
+    unknown = set(data) - known
+    if unknown:
+        raise ScriptError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    return Action(**data)
+
+
+def _build(data: Any, source: str) -> DialogScript:
+    data = _mapping(data, "the script")
+    for key in ("start", "prompts", "states", "endings"):
+        if key not in data:
+            raise ScriptError(f"missing top-level key {key!r}")
+    prompts = {}
+    for name, value in _mapping(data["prompts"], "prompts").items():
+        value = _mapping(value, f"prompts.{name}")
+        if not isinstance(value.get("text"), str) or not value["text"].strip():
+            raise ScriptError(f"prompts.{name}: needs a non-empty text")
+        prompts[name] = Prompt(name, value["text"].strip(), str(value.get("audio") or f"rtcore/{name}"))
+    counters = {str(k): int(v) for k, v in _mapping(data.get("counters", {}), "counters").items()}
+    no_input_data = _mapping(data.get("no_input", {}), "no_input")
+    no_input = NoInput(float(no_input_data.get("timeout_s", 7.0)), int(no_input_data.get("max_reprompts", 2)),
+                       str(no_input_data.get("ending", "")))
+    endings = {}
+    for name, value in _mapping(data["endings"], "endings").items():
+        value = _mapping(value, f"endings.{name}")
+        if value.get("outcome") not in OUTCOMES:
+            raise ScriptError(f"endings.{name}: outcome must be one of {', '.join(OUTCOMES)}, got {value.get('outcome')!r}")
+        endings[name] = Ending(name, str(value.get("prompt", "")), value["outcome"])
+    states = {}
+    for name, value in _mapping(data["states"], "states").items():
+        value = _mapping(value, f"states.{name}")
+        on = {str(i): _action(a, f"states.{name}.when.{i}")
+              for i, a in _mapping(value.get("when", {}), f"states.{name}.when").items()}
+        unknown = set(value) - {"prompt", "reprompt", "when"}
+        if unknown:
+            raise ScriptError(f"states.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                              "(known: prompt, reprompt, when)")
+        states[name] = State(name, str(value.get("prompt", "")), str(value.get("reprompt") or value.get("prompt", "")), on)
+    global_actions = {str(i): _action(a, f"global.{i}") for i, a in _mapping(data.get("global", {}), "global").items()}
+    for intent, prompt in _mapping(data.get("faq", {}), "faq").items():
+        global_actions.setdefault(str(intent), Action(say=str(prompt)))
+    script = DialogScript(str(data["start"]), prompts, states, endings, global_actions, counters, no_input, source)
+    _check(script)
+    return script
+
+
+def _check(s: DialogScript) -> None:
+    """Every reference resolves; every intent name is one the classifiers produce."""
+    def prompt(name: str | None, where: str) -> None:
+        if name and name not in s.prompts:
+            raise ScriptError(f"{where}: unknown prompt {name!r}")
+
+    if s.start not in s.states:
+        raise ScriptError(f"start: unknown state {s.start!r}")
+    if s.no_input.ending not in s.endings:
+        raise ScriptError(f"no_input.ending: unknown ending {s.no_input.ending!r}")
+    for ending in s.endings.values():
+        prompt(ending.prompt, f"endings.{ending.name}")
+        if not ending.prompt:
+            raise ScriptError(f"endings.{ending.name}: needs a prompt")
+    scopes = [(f"states.{st.name}.when", st.on) for st in s.states.values()] + [("global", s.global_actions)]
+    for st in s.states.values():
+        if not st.prompt:
+            raise ScriptError(f"states.{st.name}: needs a prompt")
+        prompt(st.prompt, f"states.{st.name}.prompt")
+        prompt(st.reprompt, f"states.{st.name}.reprompt")
+    for where, actions in scopes:
+        for intent, action in actions.items():
+            here = f"{where}.{intent}"
+            if intent not in INTENTS:
+                raise ScriptError(f"{here}: unknown intent {intent!r}")
+            prompt(action.say, here)
+            if action.next and action.next not in s.states:
+                raise ScriptError(f"{here}: unknown state {action.next!r}")
+            for ending in (action.end, action.exhausted):
+                if ending and ending not in s.endings:
+                    raise ScriptError(f"{here}: unknown ending {ending!r}")
+            if action.save and action.save not in SLOTS:
+                raise ScriptError(f"{here}: unknown slot {action.save!r} (slots: {', '.join(SLOTS)})")
+            if action.counter and action.counter not in s.counters:
+                raise ScriptError(f"{here}: counter {action.counter!r} has no limit under counters")
+            if action.counter and not action.exhausted:
+                raise ScriptError(f"{here}: counter {action.counter!r} needs `exhausted`")
+            if action.next and action.end:
+                raise ScriptError(f"{here}: `next` and `end` together")

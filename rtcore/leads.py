@@ -1,0 +1,238 @@
+"""Call state and lead records in Redis, written so that a Redis outage loses nothing.
+
+Keys (prefix `rtcore:`):
+- `call:<id>`          hash: the call's live state (dialog state JSON, slot, started_at); expires
+                       an hour after the call ends;
+- `call:<id>:bot_speaking` "1"/"0" while the bot speaks on that call, and `bot_speaking` (no
+                       prefix, the seed's global flag: "1" while the bot speaks on any call);
+- `lead:<id>`          the lead record (JSON, rewritten whole at each change: idempotent);
+- `leads`              sorted set of lead ids by call start time.
+
+Every write is an idempotent operation queued to a writer task. If Redis is unreachable the
+writer keeps the operations, appends them to a spool file in the data directory (so a restart of
+the process loses nothing either), and retries with backoff; when Redis answers again the spool is
+replayed in order, then the queue. Calls never wait for Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "rtcore:"
+GLOBAL_BOT_SPEAKING = "bot_speaking"  # the seed's key, kept for compatibility
+CALL_TTL_S = 3600
+
+
+@dataclass
+class Turn:
+    at: float
+    prompt: list[str]  # what the bot said before this turn
+    transcript: str = ""
+    intent: str = ""
+    score: float = 0.0
+    source: str = "speech"  # speech | dtmf | silence
+    latency_ms: dict[str, float] = field(default_factory=dict)  # eos_to_transcript, eos_to_reply, ...
+
+
+@dataclass
+class Lead:
+    call_id: str
+    caller: str
+    started_at: float
+    ended_at: float = 0.0
+    zip_code: str | None = None
+    owner: bool | None = None
+    heating: str | None = None
+    callback: bool | None = None
+    slot: dict[str, Any] | None = None
+    outcome: str = ""  # qualified | not_eligible | refused | abandoned | error
+    turns: list[Turn] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Lead":
+        data = json.loads(text)
+        data["turns"] = [Turn(**t) for t in data.get("turns", [])]
+        return cls(**data)
+
+
+Op = list[Any]  # ["set", key, value, ttl_or_0] | ["hset", key, {field: value}, ttl_or_0] | ["zadd", key, score, member]
+
+
+class LeadStore:
+    def __init__(self, redis_url: str, spool_path: Path, retry_max_s: float = 5.0) -> None:
+        self.redis_url = redis_url
+        self.spool_path = Path(spool_path)
+        self.retry_max_s = retry_max_s
+        self._client: aioredis.Redis = aioredis.Redis.from_url(redis_url, socket_timeout=2.0,
+                                                               socket_connect_timeout=2.0)
+        self._queue: deque[Op] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._speaking: set[str] = set()
+        self.connected = True
+        self.written = 0
+        self.spooled = 0
+
+    # --- what the controller calls (never blocks on Redis) ----------------------------------
+    def save_lead(self, lead: Lead) -> None:
+        self._push(["set", f"{PREFIX}lead:{lead.call_id}", lead.to_json(), 0])
+        self._push(["zadd", f"{PREFIX}leads", lead.started_at, lead.call_id])
+
+    def save_call_state(self, call_id: str, fields: dict[str, Any], ended: bool = False) -> None:
+        encoded = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in fields.items()}
+        self._push(["hset", f"{PREFIX}call:{call_id}", encoded, CALL_TTL_S if ended else 0])
+
+    def set_bot_speaking(self, call_id: str, speaking: bool) -> None:
+        if speaking:
+            self._speaking.add(call_id)
+        else:
+            self._speaking.discard(call_id)
+        self._push(["set", f"{PREFIX}call:{call_id}:bot_speaking", "1" if speaking else "0", CALL_TTL_S])
+        self._push(["set", GLOBAL_BOT_SPEAKING, "1" if self._speaking else "0", 0])
+
+    @property
+    def backlog(self) -> int:
+        return len(self._queue) + self.spooled
+
+    def _push(self, op: Op) -> None:
+        self._queue.append(op)
+        self._wake.set()
+
+    # --- the writer ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="lead-store-writer")
+
+    async def close(self, flush_timeout_s: float = 5.0) -> None:
+        """Write what is queued (or spool it if Redis is away), then stop."""
+        if self._task is not None:
+            deadline = time.monotonic() + flush_timeout_s
+            while self._queue and self.connected and time.monotonic() < deadline:
+                self._wake.set()
+                await asyncio.sleep(0.01)
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._queue:
+            self._spool(list(self._queue))
+            self._queue.clear()
+        await self._client.aclose()
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                if self.spool_path.exists():
+                    await self._replay_spool()
+                while self._queue:
+                    batch = [self._queue[i] for i in range(min(len(self._queue), 256))]
+                    await self._apply(batch)
+                    for _ in batch:
+                        self._queue.popleft()
+                if not self.connected:
+                    log.info("Redis is back: backlog written")
+                self.connected = True
+                delay = 0.1
+            except (RedisError, OSError) as exc:
+                if self.connected:
+                    log.error("Redis unreachable (%s): keeping call records, spooled to %s", exc, self.spool_path)
+                self.connected = False
+                # Spool, so a restart during the outage loses nothing either.
+                self._spool(list(self._queue))
+                self._queue.clear()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+                self._wake.set()
+
+    async def _apply(self, ops: list[Op]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for op in ops:
+            kind = op[0]
+            if kind == "set":
+                pipe.set(op[1], op[2], ex=op[3] or None)
+            elif kind == "hset":
+                pipe.hset(op[1], mapping=op[2])
+                if op[3]:
+                    pipe.expire(op[1], op[3])
+            elif kind == "zadd":
+                pipe.zadd(op[1], {op[3]: op[2]})
+        await pipe.execute()
+        self.written += len(ops)
+
+    def _spool(self, ops: list[Op]) -> None:
+        if not ops:
+            return
+        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.spool_path, "a", encoding="utf-8") as f:
+            for op in ops:
+                f.write(json.dumps(op, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.spooled += len(ops)
+
+    async def _replay_spool(self) -> None:
+        ops = [json.loads(line) for line in self.spool_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        for start in range(0, len(ops), 256):
+            await self._apply(ops[start:start + 256])
+        self.spool_path.unlink()
+        log.info("replayed %d spooled Redis writes", len(ops))
+        self.spooled = 0
+
+
+# --- reading (export) -----------------------------------------------------------------------
+def read_leads(client: Any) -> Iterable[Lead]:
+    """Every lead in start order, from a synchronous redis client."""
+    for call_id in client.zrange(f"{PREFIX}leads", 0, -1):
+        raw = client.get(f"{PREFIX}lead:{call_id.decode() if isinstance(call_id, bytes) else call_id}")
+        if raw is not None:
+            yield Lead.from_json(raw)
+
+
+CSV_COLUMNS = ["call_id", "caller", "started_at", "ended_at", "outcome", "zip_code", "owner", "heating", "callback",
+               "slot_day", "slot_period", "turns"]
+
+
+def export_leads(leads: Iterable[Lead], fmt: str) -> str:
+    if fmt == "jsonl":
+        return "".join(lead.to_json() + "\n" for lead in leads)
+    if fmt != "csv":
+        raise ValueError(f"unknown export format {fmt!r} (csv or jsonl)")
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for lead in leads:
+        slot = lead.slot or {}
+        writer.writerow([lead.call_id, lead.caller, _iso(lead.started_at), _iso(lead.ended_at), lead.outcome,
+                         lead.zip_code or "", _yes_no(lead.owner), lead.heating or "", _yes_no(lead.callback),
+                         slot.get("day", ""), slot.get("period", ""), len(lead.turns)])
+    return out.getvalue()
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t)) if t else ""
+
+
+def _yes_no(value: bool | None) -> str:
+    return "" if value is None else ("yes" if value else "no")
