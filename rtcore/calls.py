@@ -26,7 +26,7 @@ from rtcore.ari.client import RECONNECTED, AriClient, AriError
 from rtcore.dialog.engine import DialogEngine, Reply
 from rtcore.dialog.script import DialogScript
 from rtcore.leads import Lead, LeadStore, Turn
-from rtcore.messages import CallEnded, CallStarted, ListenMode, Message, SpeechStarted, Transcript
+from rtcore.messages import CallEnded, CallStarted, ListenMode, Message, SpeechStarted, Transcript, TurnTaken
 from rtcore.ring import AudioRings, NoFreeSlotError, SlotLease
 
 log = logging.getLogger(__name__)
@@ -280,6 +280,7 @@ class CallController:
                 return  # the bot is still speaking: no reprompt on top of it
             turn.source = "noise"
             await self._say(call, call.engine.on_no_input(), turn)
+            self._turn_taken(call, transcript, turn)
             return
         result = await self.intents.classify(transcript.text, call.engine.state.state)
         turn.intent, turn.score = result.intent, float(result.score)
@@ -288,6 +289,12 @@ class CallController:
         if call.playbacks and not call.hangup_after_prompts:
             await self._stop_prompts(call)  # answered before the question ended
         await self._say(call, call.engine.on_intent(result.intent, dict(result.slots)), turn)
+        self._turn_taken(call, transcript, turn)
+
+    def _turn_taken(self, call: Call, transcript: Transcript, turn: Turn) -> None:
+        self.publish(TurnTaken(call_id=call.call_id, utterance_id=transcript.utterance_id, intent=turn.intent,
+                               eos_to_transcript_ms=turn.latency_ms.get("eos_to_transcript", 0.0),
+                               eos_to_reply_ms=turn.latency_ms.get("eos_to_reply", 0.0)))
 
     async def _dtmf(self, call: Call, digit: str) -> None:
         if call.engine is None or call.ended:

@@ -240,6 +240,73 @@ def cmd_leads(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_intent(args: argparse.Namespace, settings: Settings) -> int:
+    """Classify transcripts (one, or state<TAB>text lines of a batch file) into intents and slots."""
+    import asyncio
+
+    from rtcore.intents.base import DIALOG_STATES, IntentResult, IntentSource
+
+    if (args.text is None) == (args.batch is None):
+        print("rtcore intent: give either TEXT or --batch FILE", file=sys.stderr)
+        return 2
+    items: list[tuple[str, str | None, str]] = []  # (where, state, text)
+    failed = False
+    if args.text is not None:
+        items.append(("TEXT", args.state, args.text))
+    else:
+        name = "stdin" if args.batch == "-" else args.batch
+        try:
+            content = sys.stdin.read() if args.batch == "-" else Path(args.batch).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"rtcore intent: cannot read {name}: {exc}", file=sys.stderr)
+            return 2
+        for number, line in enumerate(content.splitlines(), start=1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            fields = line.split("\t")
+            if len(fields) < 2 or not fields[1].strip():
+                print(f"rtcore intent: {name}:{number}: expected state<TAB>text, got {line!r}", file=sys.stderr)
+                failed = True
+                continue
+            items.append((f"{name}:{number}", fields[0].strip() or None, fields[1]))
+
+    source: IntentSource
+    if args.remote:
+        if not settings.intent_main_url:
+            print("rtcore intent: --remote needs intent_main_url (and optionally intent_faq_url)", file=sys.stderr)
+            return 2
+        from rtcore.intents.http_client import HttpIntentClient, HttpIntentOptions
+
+        source = HttpIntentClient(HttpIntentOptions.from_settings(settings))
+    else:
+        from rtcore.intents.classifier import EmbeddedIntentSource
+
+        source = EmbeddedIntentSource()
+
+    async def classify_all() -> bool:
+        any_failed = False
+        try:
+            for where, state, text in items:
+                if state is not None and state not in DIALOG_STATES:
+                    print(f"rtcore intent: {where}: unknown state {state!r} (one of {', '.join(DIALOG_STATES)})",
+                          file=sys.stderr)
+                    any_failed = True
+                    continue
+                result: IntentResult = await source.classify(text, state)
+                if result.error:
+                    print(f"rtcore intent: {where}: {result.error}", file=sys.stderr)
+                    any_failed = True
+                print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                await close()
+        return any_failed
+
+    failed = asyncio.run(classify_all()) or failed
+    return 1 if failed else 0
+
+
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(settings.redacted(), indent=2))
     return 0
@@ -288,7 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--json", action="store_true", help="one JSON object per file")
     transcribe.set_defaults(func=cmd_transcribe)
 
-    for p in (launch, models, config, segment, transcribe, build, export):
+    intent = sub.add_parser("intent", help="classify transcripts into intents and slots (embedded classifier or --remote)")
+    intent.add_argument("text", nargs="?", metavar="TEXT", help="one transcript")
+    intent.add_argument("--state", metavar="STATE", default=None,
+                        help="dialog state the transcript answers (init, ask_zip_code, ask_owner_house, ...)")
+    intent.add_argument("--batch", metavar="FILE", help="state<TAB>text lines ('-': stdin); one JSON line each")
+    intent.add_argument("--remote", action="store_true", help="use the HTTP intent APIs (intent_main_url, intent_faq_url)")
+    intent.set_defaults(func=cmd_intent)
+
+    for p in (launch, models, config, segment, transcribe, build, export, intent):
         _add_setting_flags(p)
     return parser
 

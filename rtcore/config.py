@@ -85,6 +85,7 @@ class Settings(BaseModel):
     ari_password: SecretStr = Field(SecretStr("rtcore"), description="Never logged.")
     ari_app: str = Field("rtcore", pattern=r"^[A-Za-z0-9_.-]+$")
     ari_timeout: float = Field(5.0, gt=0)
+    sim_ari_port: int = Field(8088, ge=1, le=65535, description="Port of the embedded ARI simulator (when ari_url is empty).")
 
     # --- dialog ------------------------------------------------------------------------------
     dialog_script: str = Field("", description="The conversation (YAML); empty: the shipped rtcore/dialog/script.yaml.")
@@ -152,6 +153,11 @@ class Settings(BaseModel):
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir) if self.data_dir else Path.home() / ".local/share/rtcore" / self.instance
+
+    @property
+    def ari_base_url(self) -> str:
+        """Asterisk's ARI, or the embedded simulator's when none is configured."""
+        return self.ari_url or f"http://127.0.0.1:{self.sim_ari_port}/ari"
 
     @property
     def prompts_path(self) -> Path:

@@ -102,6 +102,16 @@ class AsrCredit(Message):
     capacity: int
 
 
+class TurnTaken(Message):
+    """Dialog -> observers (launch report, load bench): the bot answered a caller's utterance."""
+
+    call_id: str
+    utterance_id: str
+    intent: str
+    eos_to_transcript_ms: float
+    eos_to_reply_ms: float
+
+
 # --- playback (dialog -> ARI control) --------------------------------------------------------
 class Play(Message):
     """Dialog -> ARI control: play a prompt to the caller."""
@@ -152,7 +162,7 @@ class Metrics(Message):
 
 AnyMessage = Union[
     CallStarted, CallEnded, ListenMode, SpeechStarted, UtteranceReady, Transcript,
-    AsrCredit, Play, StopPlayback, ProcessReady, ProcessFailed, Heartbeat, Metrics,
+    AsrCredit, TurnTaken, Play, StopPlayback, ProcessReady, ProcessFailed, Heartbeat, Metrics,
 ]
 MESSAGE_TYPES: tuple[type[Message], ...] = AnyMessage.__args__  # type: ignore[attr-defined]
 

@@ -17,6 +17,8 @@ EXAMPLES: list[m.Message] = [
                  no_speech_prob=0.01, hallucination=False, eos_at=4.0, queue_ms=12.0, features_ms=3.0,
                  inference_ms=250.0, batch_size=6, worker="asr-0"),
     m.AsrCredit(worker="asr-0", pid=44, capacity=16),
+    m.TurnTaken(call_id="c1", utterance_id="c1-0001", intent="ok_zipcode", eos_to_transcript_ms=420.0,
+                eos_to_reply_ms=480.0),
     m.Play(call_id="c1", playback_id="p1", media="sound:rtcore/ask_zip_code"),
     m.StopPlayback(call_id="c1", playback_id="p1"),
     m.ProcessReady(process="vad", pid=42),

@@ -8,15 +8,9 @@ from typing import Any
 
 import yaml
 
-DEFAULT_SCRIPT = Path(__file__).with_name("script.yaml")
+from rtcore.intents.base import INTENTS
 
-MAIN_INTENTS = (
-    "ok_eligibility", "not_interested", "busy", "ok_zipcode", "zipcode_why", "not_in_france", "ok_proprio",
-    "not_proprio", "ok_heating", "ok_callback", "no_callback", "ok_slot", "slot_problem", "which_help", "repeat",
-    "unknown",
-)
-FAQ_INTENTS = tuple(f"faq{i}" for i in range(1, 25))
-INTENTS = MAIN_INTENTS + FAQ_INTENTS
+DEFAULT_SCRIPT = Path(__file__).with_name("script.yaml")
 SLOTS = ("zip_code", "owner", "heating", "slot")
 OUTCOMES = ("qualified", "not_eligible", "refused", "abandoned", "error")
 

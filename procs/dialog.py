@@ -1,0 +1,81 @@
+"""Dialog / ARI control process: ARI events, transcripts and speech starts in; prompts, call
+announcements and lead records out (rtcore.calls)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import uvloop
+import zmq
+
+from rtcore.ari.client import AriClient
+from rtcore.bus import Publisher, Subscriber
+from rtcore.calls import CallController
+from rtcore.dialog.script import load_script
+from rtcore.intents import intent_source
+from rtcore.leads import LeadStore
+from rtcore.messages import SpeechStarted, Transcript
+from rtcore.process import ProcessContext, run_process
+from rtcore.ring import AudioRings
+
+log = logging.getLogger(__name__)
+REPORT_EVERY_S = 1.0
+
+
+async def serve(ctx: ProcessContext) -> None:
+    s = ctx.settings
+    loop = asyncio.get_running_loop()
+    script = load_script(s.dialog_script or None)
+    intents = intent_source(s)
+    rings = AudioRings.attach(ctx.info.rings)
+    store = LeadStore(s.redis_url, s.data_path / "lead-spool.jsonl")
+    store.start()
+    publisher = Publisher(s.endpoint("bus_pub"))
+    subscriber = Subscriber(s.endpoint("bus_sub"), [Transcript, SpeechStarted])
+    ari = AriClient(s.ari_base_url, s.ari_user, s.ari_password.get_secret_value(), s.ari_app, s.ari_timeout)
+    controller = CallController(ari, script, intents, rings, store, publisher.publish, s.rtp_ip, s.rtp_port,
+                                barge_in=s.dialog_barge_in)
+
+    def drain_bus() -> None:
+        # Edge-triggered ZeroMQ FD: read everything queued at each wake-up.
+        for message in subscriber.drain():
+            controller.handle_message(message)
+
+    bus_fd = int(subscriber.socket.getsockopt(zmq.FD))
+    loop.add_reader(bus_fd, drain_bus)
+    events = loop.create_task(controller.run(), name="ari-events")
+    try:
+        ctx.ready()
+        next_report = time.monotonic() + REPORT_EVERY_S
+        while not ctx.stopping.is_set():
+            await asyncio.sleep(0.1)
+            drain_bus()
+            if events.done():
+                events.result()  # re-raise: the supervisor restarts us
+            ctx.beat()
+            now = time.monotonic()
+            if now >= next_report:
+                next_report = now + REPORT_EVERY_S
+                ctx.report({"calls": float(len(controller.calls)), "completed": float(controller.completed),
+                            "failed": float(controller.failed), "ari_connected": float(ari.connected.is_set()),
+                            "ari_reconnects": float(ari.reconnects), "redis_connected": float(store.connected),
+                            "redis_backlog": float(store.backlog), "bus_rejected": float(subscriber.rejected)})
+    finally:
+        loop.remove_reader(bus_fd)
+        await controller.close()
+        events.cancel()
+        await ari.close()
+        await store.close()
+        publisher.close()
+        subscriber.close()
+        rings.close()
+
+
+def main(ctx: ProcessContext) -> None:
+    uvloop.run(serve(ctx))
+
+
+if __name__ == "__main__":
+    run_process(main)
