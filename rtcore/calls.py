@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # for a new caller (Asterisk echoes our ids and appArgs back).
 SNOOP_IN, SNOOP_REC, MEDIA, BRIDGE = "-in", "-rec", "-media", "-bridge"
 OWN_ARGS_PREFIX = "rtcore:"
+HELPER_CHANNEL_TYPES = ("Snoop/", "UnicastRTP/", "WebSocket/", "AudioSocket/")
 
 
 class IntentSource(Protocol):
@@ -54,6 +55,7 @@ class Call:
     no_input_timer: asyncio.TimerHandle | None = None
     last_prompt_at: float = 0.0
     setup_done: bool = False
+    saying: bool = False  # requesting a reply's prompts: their ends are not yet the end of the turn
     ended: bool = False
     helpers: list[str] = field(default_factory=list)  # channel ids we created for this call
 
@@ -82,26 +84,44 @@ class CallController:
         async for event in self.ari.events():
             self.handle_event(event)
 
-    def handle_event(self, event: dict[str, Any]) -> None:
-        """Dispatch one ARI event (cheap: real work runs in per-call tasks)."""
+    def classify_event(self, event: dict[str, Any]) -> str:
+        """What an ARI event means to us: new_call, own_channel, call_ended, playback_finished,
+        dtmf, reconnected, or ignored (the many events a client must tolerate)."""
         kind = event.get("type")
         channel = event.get("channel") or {}
         channel_id = channel.get("id", "")
         if kind == "StasisStart":
-            args = event.get("args") or []
-            if self._is_ours(channel_id, args):
-                return
-            if args[:1] == ["h"] or channel.get("state") == "Down" and channel_id in self.calls:
-                return  # the dialplan's h extension re-entering Stasis after a hangup
+            args = [str(a) for a in event.get("args") or []]
+            if self._is_ours(channel_id, str(channel.get("name", "")), args):
+                return "own_channel"
+            if args[:1] == ["h"] or channel_id in self.calls:
+                return "ignored"  # the dialplan's h extension re-entering Stasis after a hangup
+            return "new_call"
+        if kind == "StasisEnd" and channel_id in self.calls:
+            return "call_ended"
+        if kind == "PlaybackFinished":
+            return "playback_finished"
+        if kind == "ChannelDtmfReceived" and channel_id in self.calls:
+            return "dtmf"
+        if kind == RECONNECTED:
+            return "reconnected"
+        return "ignored"
+
+    def handle_event(self, event: dict[str, Any]) -> str:
+        """Act on one ARI event (cheap: real work runs in per-call tasks); returns its meaning."""
+        meaning = self.classify_event(event)
+        channel = event.get("channel") or {}
+        if meaning == "new_call":
             self._spawn(self._start_call(channel))
-        elif kind == "StasisEnd" and channel_id in self.calls:
-            self._spawn(self._end_call(self.calls[channel_id], reason="caller hung up"))
-        elif kind == "PlaybackFinished":
+        elif meaning == "call_ended":
+            self._spawn(self._end_call(self.calls[channel["id"]], reason="caller hung up"))
+        elif meaning == "playback_finished":
             self._playback_finished(event.get("playback", {}).get("id", ""))
-        elif kind == "ChannelDtmfReceived" and channel_id in self.calls:
-            self._spawn(self._dtmf(self.calls[channel_id], str(event.get("digit", ""))))
-        elif kind == RECONNECTED:
+        elif meaning == "dtmf":
+            self._spawn(self._dtmf(self.calls[channel["id"]], str(event.get("digit", ""))))
+        elif meaning == "reconnected":
             self._spawn(self._reconcile())
+        return meaning
 
     def handle_message(self, message: Message) -> None:
         """A bus message from the audio path or the ASR."""
@@ -116,8 +136,10 @@ class CallController:
                 if self.barge_in and call.playbacks and not call.hangup_after_prompts:
                     self._spawn(self._stop_prompts(call))
 
-    def _is_ours(self, channel_id: str, args: list[Any]) -> bool:
-        return channel_id in self._owner or any(str(a).startswith(OWN_ARGS_PREFIX) for a in args)
+    def _is_ours(self, channel_id: str, name: str, args: list[str]) -> bool:
+        # Snoop and external media channels are never callers, whoever created them.
+        return (channel_id in self._owner or name.startswith(HELPER_CHANNEL_TYPES)
+                or any(a.startswith(OWN_ARGS_PREFIX) for a in args))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -199,6 +221,7 @@ class CallController:
                 await self._hangup(call)
             return
         was_speaking = bool(call.playbacks)
+        call.saying = True
         for name in reply.prompts:
             call.playback_seq += 1
             playback_id = f"{call.call_id}-pb{call.playback_seq}"
@@ -210,11 +233,15 @@ class CallController:
                 call.playbacks.remove(playback_id)
                 self._owner.pop(playback_id, None)
                 if exc.status == 404:  # the caller is gone; StasisEnd will clean up
+                    call.saying = False
                     return
                 log.error("call %s: cannot play %s: %s", call.call_id, name, exc)
-        if not was_speaking and call.playbacks:
+        call.saying = False
+        if not was_speaking:
             self.store.set_bot_speaking(call.call_id, True)
             self._listen_mode(call)
+        if not call.playbacks:  # short prompts may all have ended already
+            self._done_speaking(call)
         self._save(call)
 
     def _playback_finished(self, playback_id: str) -> None:
@@ -222,8 +249,12 @@ class CallController:
         if call is None or playback_id not in call.playbacks:
             return
         call.playbacks.remove(playback_id)
-        if call.playbacks or call.ended:
+        if call.playbacks or call.ended or call.saying:
             return
+        self._done_speaking(call)
+
+    def _done_speaking(self, call: Call) -> None:
+        """The bot's last prompt has ended: hang up after an ending, else the caller's turn."""
         call.last_prompt_at = self._clock()
         self.store.set_bot_speaking(call.call_id, False)
         if call.hangup_after_prompts:

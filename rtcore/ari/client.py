@@ -9,6 +9,7 @@ controller can reconcile what it may have missed (Asterisk does not replay event
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from typing import Any, AsyncIterator
@@ -36,7 +37,8 @@ class AriClient:
         self.app = app
         self.timeout_s = timeout_s
         self.backoff_max_s = backoff_max_s
-        self._auth = aiohttp.BasicAuth(user, password)
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {token}"}
         self._session: aiohttp.ClientSession | None = None
         self._closing = asyncio.Event()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -52,7 +54,7 @@ class AriClient:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(auth=self._auth)
+            self._session = aiohttp.ClientSession(headers=self._headers)
         return self._session
 
     async def close(self) -> None:
