@@ -1,9 +1,10 @@
 """The processes of a run, one thin module each, wired to the bus by the supervisor.
 
-    Asterisk --RTP slin16--> rtp_capture --rings--> vad --UtteranceReady--> asr (xN)
-       ^                                              |                        |
-       |  ARI REST + events                  SpeechStarted               Transcript
-       +------------------- dialog (ARI control, intents, Redis) <--------------+
+    Asterisk --RTP slin16--> rtp_capture --rings--> vad --UtteranceReady--> asr_dispatch --> asr-N
+    (or pbx_sim)                                       |                            |
+       ^  ARI REST + events                      SpeechStarted                 Transcript
+       +------------------- dialog (ARI control, intents, Redis) <--------------------+
+    http_api (seed Whisper HTTP service) --UtteranceReady--> asr_dispatch
 
 Each module runs `rtcore.process.run_process(main)`: library code in `rtcore/` does the work.
 """
@@ -28,9 +29,12 @@ def http_service(settings: Settings) -> list[ProcessSpec]:
 def pipeline(settings: Settings) -> list[ProcessSpec]:
     """The children of `rtcore launch`, in start order (stopped in reverse): consumers first, so
     that nothing is produced before its reader is up."""
+    pbx = [] if settings.ari_url else [ProcessSpec("pbx_sim", "procs.pbx_sim")]  # the embedded PBX
     return [
         *asr_service(settings),
         ProcessSpec("http_api", "procs.http_api"),
         ProcessSpec("vad", "procs.vad"),
         ProcessSpec("rtp_capture", "procs.rtp_capture"),
+        *pbx,
+        ProcessSpec("dialog", "procs.dialog"),
     ]

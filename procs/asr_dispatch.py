@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
+import msgspec
 import zmq
 
 from rtcore.bus import HWM, Publisher
@@ -57,7 +58,7 @@ def main(ctx: ProcessContext) -> None:
                     elif isinstance(message, Transcript):
                         first = dispatcher.complete(identity, message, now)
                         if first is not None:
-                            pub.publish(first)
+                            pub.publish(msgspec.structs.replace(first, published_at=time.time()))
             dispatcher.expire(now)
             for identity, utterance in dispatcher.assign():
                 try:

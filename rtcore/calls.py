@@ -301,7 +301,8 @@ class CallController:
         now = self._clock()
         self._cancel_no_input(call)
         turn = Turn(at=now, prompt=list(call.engine.state.last_prompts), transcript=transcript.text,
-                    latency_ms={"eos_to_transcript": (now - transcript.eos_at) * 1000 if transcript.eos_at else 0.0,
+                    latency_ms={"eos_to_transcript": ((transcript.published_at or now) - transcript.eos_at) * 1000
+                                if transcript.eos_at else 0.0,
                                 "asr_queue": transcript.queue_ms, "asr_inference": transcript.inference_ms,
                                 "eos_at": transcript.eos_at})
         if transcript.error or transcript.hallucination or not transcript.text.strip():

