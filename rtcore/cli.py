@@ -46,32 +46,11 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 # --- subcommands -------------------------------------------------------------------------------
 def cmd_launch(args: argparse.Namespace, settings: Settings) -> int:
-    import redis
-
-    from procs import pipeline
-    from rtcore.bus import Subscriber
-    from rtcore.leads import read_leads
+    from rtcore.launcher import LaunchError, run_launch
     from rtcore.logs import setup_logging
-    from rtcore.messages import Transcript, TurnTaken, UtteranceReady
-    from rtcore.metrics import serve_metrics
-    from rtcore.models import whisper_model_dir
-    from rtcore.report import CpuMeter, LoadCollector, build_report, dump, format_report, percentiles
-    from rtcore.supervisor import Supervisor, SupervisorError
+    from rtcore.report import dump, format_report
 
-    simulated = not settings.ari_url
-    if simulated:
-        settings = settings.model_copy(update={
-            k: v for k, v in (("sim_calls", args.calls), ("sim_total_calls", args.total_calls),
-                              ("sim_duration_s", args.duration)) if v is not None})
     setup_logging(settings, process="supervisor")
-    log.info("rtcore launch, instance %r, settings: %s", settings.instance, json.dumps(settings.redacted()))
-    # Assemble the Whisper model once here, not concurrently in every ASR worker.
-    whisper_model_dir(settings)
-    if simulated:
-        from rtcore.callers.prepare import prepare_simulation
-
-        log.info("embedded PBX: %s", prepare_simulation(settings))
-
     stop_requested: list[int] = []
 
     def on_signal(signum: int, _frame: types.FrameType | None) -> None:
@@ -82,67 +61,15 @@ def cmd_launch(args: argparse.Namespace, settings: Settings) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    supervisor = Supervisor(settings, pipeline(settings))
-    cleanups: list[Callable[[], None]] = []
     try:
-        supervisor.start()
-    except SupervisorError as exc:
+        report = run_launch(settings, calls=args.calls, total_calls=args.total_calls, duration_s=args.duration,
+                            should_stop=lambda: bool(stop_requested), progress=lambda line: print(line, flush=True))
+    except LaunchError as exc:
         log.error("%s", exc)
         return 1
-    report: dict[str, Any] | None = None
-    try:
-        if settings.metrics_port:
-            _, stop_metrics = serve_metrics(supervisor, settings.http_host, settings.metrics_port)
-            cleanups.append(stop_metrics)
-            log.info("Prometheus metrics on http://%s:%d/metrics", settings.http_host, settings.metrics_port)
-        collector = LoadCollector(Subscriber(supervisor.settings.endpoint("bus_sub"),
-                                             [UtteranceReady, Transcript, TurnTaken]))
-        cpu = CpuMeter()
-        started = time.monotonic()
-        deadline = started + args.duration if (args.duration and not simulated) else float("inf")
-        pbx = supervisor.children.get("pbx_sim")
-        done_at: list[float] = []
-        next_progress = [started + 5.0]
-
-        def finished() -> bool:
-            collector.poll()
-            now = time.monotonic()
-            if now >= next_progress[0]:
-                next_progress[0] = now + 5.0
-                m = pbx.metrics if pbx else {}
-                t, r = percentiles(collector.eos_to_transcript), percentiles(collector.eos_to_reply)
-                print(f"[{now - started:6.0f} s] calls active {m.get('active', 0):.0f}, finished "
-                      f"{m.get('finished', 0):.0f} | eos->transcript p50 {t['p50']:.0f} p95 {t['p95']:.0f} ms | "
-                      f"eos->reply p50 {r['p50']:.0f} p95 {r['p95']:.0f} ms", flush=True)
-            if stop_requested or now >= deadline:
-                return True
-            if pbx is not None and pbx.metrics.get("done"):
-                # Every call placed and ended: wait for the last transcripts, a little.
-                done_at.append(now)
-                return collector.pending == 0 or now - done_at[0] > 15.0
-            return False
-
-        log.info("running (%d processes); Ctrl-C stops%s", len(supervisor.children),
-                 " with a partial report" if simulated else "")
-        supervisor.run(finished)
-        collector.poll()
-        client = redis.Redis.from_url(supervisor.settings.redis_url, socket_timeout=5.0)
-        try:
-            leads = list(read_leads(client))
-        finally:
-            client.close()
-        workers = [c.metrics for name, c in supervisor.children.items() if name.startswith("asr-")]
-        report = build_report(collector, leads, workers, cpu.percent())
-        collector.subscriber.close()
-    finally:
-        for cleanup in cleanups:
-            cleanup()
-        supervisor.stop()
-        log.info("stopped")
-    if report is not None:
-        print(("partial report (stopped early):\n" if stop_requested else "report:\n") + format_report(report))
-        if args.json:
-            Path(args.json).write_text(dump(report) + "\n")
+    print(("partial report (stopped early):\n" if stop_requested else "report:\n") + format_report(report))
+    if args.json:
+        Path(args.json).write_text(dump(report) + "\n")
     return 0
 
 

@@ -1,0 +1,100 @@
+"""A whole run: supervisor, pipeline, (embedded PBX and its load), report. What `rtcore launch`
+and `rtcore bench load` both do."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Callable
+
+import redis
+
+from rtcore.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+def run_launch(settings: Settings, calls: int | None = None, total_calls: int | None = None,
+               duration_s: float | None = None, should_stop: Callable[[], bool] = lambda: False,
+               progress: Callable[[str], None] | None = None, progress_every_s: float = 5.0) -> dict[str, Any]:
+    """Run until the simulated load is done (every call placed and ended), `should_stop()`, or,
+    against a real Asterisk, `duration_s`; returns the report (rtcore.report)."""
+    from procs import pipeline
+    from rtcore.bus import Subscriber
+    from rtcore.leads import read_leads
+    from rtcore.messages import Transcript, TurnTaken, UtteranceReady
+    from rtcore.metrics import serve_metrics
+    from rtcore.models import whisper_model_dir
+    from rtcore.report import CpuMeter, LoadCollector, build_report, percentiles
+    from rtcore.supervisor import Supervisor, SupervisorError
+
+    simulated = not settings.ari_url
+    if simulated:
+        settings = settings.model_copy(update={
+            k: v for k, v in (("sim_calls", calls), ("sim_total_calls", total_calls),
+                              ("sim_duration_s", duration_s)) if v is not None})
+    log.info("rtcore launch, instance %r, settings: %s", settings.instance, json.dumps(settings.redacted()))
+    whisper_model_dir(settings)  # assembled once here, not concurrently in every ASR worker
+    if simulated:
+        from rtcore.callers.prepare import prepare_simulation
+
+        log.info("embedded PBX: %s", prepare_simulation(settings))
+    supervisor = Supervisor(settings, pipeline(settings))
+    try:
+        supervisor.start()
+    except SupervisorError as exc:
+        raise LaunchError(str(exc)) from None
+    cleanups: list[Callable[[], None]] = []
+    try:
+        if settings.metrics_port:
+            _, stop_metrics = serve_metrics(supervisor, settings.http_host, settings.metrics_port)
+            cleanups.append(stop_metrics)
+            log.info("Prometheus metrics on http://%s:%d/metrics", settings.http_host, settings.metrics_port)
+        collector = LoadCollector(Subscriber(supervisor.settings.endpoint("bus_sub"),
+                                             [UtteranceReady, Transcript, TurnTaken]))
+        cleanups.append(collector.subscriber.close)
+        cpu = CpuMeter()
+        started = time.monotonic()
+        deadline = started + duration_s if (duration_s and not simulated) else float("inf")
+        pbx = supervisor.children.get("pbx_sim")
+        done_at: list[float] = []
+        next_progress = [started + progress_every_s]
+
+        def finished() -> bool:
+            collector.poll()
+            now = time.monotonic()
+            if progress is not None and now >= next_progress[0]:
+                next_progress[0] = now + progress_every_s
+                m = pbx.metrics if pbx else {}
+                t, r = percentiles(collector.eos_to_transcript), percentiles(collector.eos_to_reply)
+                progress(f"[{now - started:6.0f} s] calls active {m.get('active', 0):.0f}, finished "
+                         f"{m.get('finished', 0):.0f} | eos->transcript p50 {t['p50']:.0f} p95 {t['p95']:.0f} ms | "
+                         f"eos->reply p50 {r['p50']:.0f} p95 {r['p95']:.0f} ms")
+            if should_stop() or now >= deadline:
+                return True
+            if pbx is not None and pbx.metrics.get("done"):
+                # Every call placed and ended: give the last transcripts a moment.
+                done_at.append(now)
+                return collector.pending == 0 or now - done_at[0] > 15.0
+            return False
+
+        log.info("running (%d processes); Ctrl-C stops", len(supervisor.children))
+        supervisor.run(finished)
+        collector.poll()
+        client = redis.Redis.from_url(supervisor.settings.redis_url, socket_timeout=5.0)
+        try:
+            leads = list(read_leads(client))
+        finally:
+            client.close()
+        workers = [c.metrics for name, c in supervisor.children.items() if name.startswith("asr-")]
+        return build_report(collector, leads, workers, cpu.percent())
+    finally:
+        for cleanup in cleanups:
+            cleanup()
+        supervisor.stop()
+        log.info("stopped")
