@@ -290,6 +290,25 @@ def cmd_intent(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def cmd_bench_load(args: argparse.Namespace, settings: Settings) -> int:
+    from rtcore.loadbench import run_bench
+    from rtcore.logs import setup_logging
+
+    setup_logging(settings.model_copy(update={"log_level": "WARNING"}), process="bench")
+
+    def numbers(text: str | None) -> list[float]:
+        return [float(v) for v in text.split(",")] if text else []
+
+    tuning = {"batch_size": numbers(args.batch_size), "max_wait_ms": numbers(args.max_wait_ms),
+              "window_s": numbers(args.window), "workers": numbers(args.workers)}
+    out = Path(args.out)
+    result = run_bench(settings, [int(v) for v in args.calls.split(",")], args.duration, out, tuning,
+                       baselines=not args.no_baselines)
+    print((out / "load.md").read_text())
+    print(f"wrote {out / 'load.json'}, {out / 'load.md'}, {out / 'load.png'}")
+    return 0 if result["rows"] else 1
+
+
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(settings.redacted(), indent=2))
     return 0
@@ -337,6 +356,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["csv", "jsonl"], default="csv")
     export.set_defaults(func=cmd_leads)
 
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    load = bench_sub.add_parser("load", help="capacity@SLO of rtcore and two baselines under simulated calls")
+    load.add_argument("--calls", default="1,2,4,8,16,32", help="concurrency levels (comma-separated)")
+    load.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds of calls placed per level")
+    load.add_argument("--out", default="bench/results", metavar="DIR", help="where load.json/.md/.png go")
+    load.add_argument("--no-baselines", action="store_true", help="rtcore only")
+    load.add_argument("--batch-size", help="sweep, e.g. 4,8,16")
+    load.add_argument("--max-wait-ms", help="sweep, e.g. 20,50,100")
+    load.add_argument("--window", help="sweep of asr_window_s, e.g. 10,15")
+    load.add_argument("--workers", help="sweep of asr_workers, e.g. 1,2")
+    load.set_defaults(func=cmd_bench_load)
+
     transcribe = sub.add_parser("transcribe", help="segment audio files with the VAD and transcribe them with the batched ASR")
     transcribe.add_argument("files", nargs="+", metavar="FILE", help="any format FFmpeg decodes; resampled to 16 kHz")
     transcribe.add_argument("--json", action="store_true", help="one JSON object per file")
@@ -350,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     intent.add_argument("--remote", action="store_true", help="use the HTTP intent APIs (intent_main_url, intent_faq_url)")
     intent.set_defaults(func=cmd_intent)
 
-    for p in (launch, models, config, segment, transcribe, build, export, intent):
+    for p in (launch, models, config, segment, transcribe, build, export, load, intent):
         _add_setting_flags(p)
     return parser
 
