@@ -121,24 +121,30 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_segment(args: argparse.Namespace, settings: Settings) -> int:
-    from rtcore.audio import SAMPLE_RATE, AudioError, load_audio
+def _segment_files(files: list[str], settings: Settings, command: str) -> tuple[list[str], list[Any], list[Any], int]:
+    """Decode files (reporting the undecodable ones) and cut them into utterances, all files in one
+    batched VAD inference per step, as the live VAD runs calls. (names, signals, utterances, failures)"""
+    from rtcore.audio import AudioError, load_audio
     from rtcore.segmenter import SegmenterOptions, segment_streams
     from rtcore.vad import BatchedVad, SileroVad
 
-    names: list[str] = []
-    streams = []
-    failed = 0
-    for name in args.files:
+    names, streams, failed = [], [], 0
+    for name in files:
         try:
             streams.append(load_audio(name))
             names.append(name)
         except AudioError as exc:
-            print(f"rtcore segment: {exc}", file=sys.stderr)
+            print(f"rtcore {command}: {exc}", file=sys.stderr)
             failed += 1
-    # All files in one batched inference per step, as the live VAD runs calls.
-    results = segment_streams(streams, SegmenterOptions.from_settings(settings),
-                              BatchedVad(SileroVad(), capacity=max(1, len(streams))))
+    segments = segment_streams(streams, SegmenterOptions.from_settings(settings),
+                               BatchedVad(SileroVad(), capacity=max(1, len(streams))))
+    return names, streams, segments, failed
+
+
+def cmd_segment(args: argparse.Namespace, settings: Settings) -> int:
+    from rtcore.audio import SAMPLE_RATE
+
+    names, _, results, failed = _segment_files(args.files, settings, "segment")
     for name, utterances in zip(names, results):
         spans = [{"start": round(u.start / SAMPLE_RATE, 3), "end": round(u.end / SAMPLE_RATE, 3)} for u in utterances]
         if args.json:
@@ -152,23 +158,12 @@ def cmd_segment(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_transcribe(args: argparse.Namespace, settings: Settings) -> int:
     from rtcore.asr import transcribe_offline
-    from rtcore.audio import SAMPLE_RATE, AudioError, load_audio
+    from rtcore.audio import SAMPLE_RATE
     from rtcore.batcher import BatchPolicy
     from rtcore.models import whisper_model_dir
-    from rtcore.segmenter import SegmenterOptions, segment_streams
-    from rtcore.vad import BatchedVad, SileroVad
     from rtcore.whisper import WhisperEngine, WhisperOptions
 
-    names, streams, failed = [], [], 0
-    for name in args.files:
-        try:
-            streams.append(load_audio(name))
-            names.append(name)
-        except AudioError as exc:
-            print(f"rtcore transcribe: {exc}", file=sys.stderr)
-            failed += 1
-    segments = segment_streams(streams, SegmenterOptions.from_settings(settings),
-                               BatchedVad(SileroVad(), capacity=max(1, len(streams))))
+    names, streams, segments, failed = _segment_files(args.files, settings, "transcribe")
     engine = WhisperEngine(WhisperOptions.from_settings(settings, whisper_model_dir(settings)))
     # Every utterance of every file through one batcher: batches mix files, as they mix calls.
     items = [(f"{i}:{j}", streams[i][u.start:u.end]) for i, utts in enumerate(segments) for j, u in enumerate(utts)]
@@ -329,7 +324,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the Whisper HTTP API with the batched ASR until Ctrl-C")
     serve.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds")
     serve.set_defaults(func=cmd_serve)
-    _add_setting_flags(serve)
 
     models = sub.add_parser("models", help="assemble and locate the models (no network)")
     models.add_argument("--verify", action="store_true", help="re-check the Whisper model's SHA-256")
@@ -382,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     intent.add_argument("--remote", action="store_true", help="use the HTTP intent APIs (intent_main_url, intent_faq_url)")
     intent.set_defaults(func=cmd_intent)
 
-    for p in (launch, models, config, segment, transcribe, build, export, load, intent):
+    for p in (launch, serve, models, config, segment, transcribe, build, export, load, intent):
         _add_setting_flags(p)
     return parser
 
