@@ -389,12 +389,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"rtcore: {exc}", file=sys.stderr)
         return 2
+    from rtcore.dialog.script import ScriptError
     from rtcore.models import ModelError
+    from rtcore.prompts import PromptError
     from rtcore.redis_server import RedisServerError
 
     try:
         result: Any = args.func(args, settings)
-    except (ModelError, RedisServerError, ConfigError) as exc:
+    except (ModelError, RedisServerError, ConfigError, PromptError, ScriptError) as exc:
         print(f"rtcore: {exc}", file=sys.stderr)
         return 2
     return int(result)
