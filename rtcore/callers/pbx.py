@@ -31,7 +31,7 @@ import soundfile
 
 from rtcore.ari_sim import AriSimulator, MediaHooks
 from rtcore.ari_sim.state import Bridge, Channel, LiveRecording, Playback
-from rtcore.callers.phrasebook import ANSWERS_BY_KEY, Clip
+from rtcore.callers.phrasebook import ANSWERS_BY_KEY, PRESENT, Clip
 from rtcore.callers.scenarios import Scenario, ScenarioRun, pick_scenario
 
 log = logging.getLogger(__name__)
@@ -192,11 +192,13 @@ class CallerPbx:
             call.pending = None
 
     def _clip_for(self, answer: str) -> npt.NDArray[np.int16] | None:
-        clips = self.phrasebook.get(answer) or []
-        if not clips and answer in ANSWERS_BY_KEY:  # another answer meaning the same
-            want = ANSWERS_BY_KEY[answer]
-            clips = [c for key, cs in self.phrasebook.items() for c in cs
-                     if ANSWERS_BY_KEY[key].intent == want.intent and not want.slots and key in ANSWERS_BY_KEY]
+        clips = list(self.phrasebook.get(answer) or [])
+        want = ANSWERS_BY_KEY.get(answer)
+        if want is not None and all(value == PRESENT for _, value in want.slots):
+            # Any answer meaning the same will do (a callback slot is whatever slot was heard).
+            clips += [c for key, cs in self.phrasebook.items() if key != answer and key in ANSWERS_BY_KEY
+                      and ANSWERS_BY_KEY[key].intent == want.intent and ANSWERS_BY_KEY[key].state == want.state
+                      and all(v == PRESENT for _, v in ANSWERS_BY_KEY[key].slots) for c in cs]
         return self.rng.choice(clips).load() if clips else None
 
     def _speak(self, call: SimulatedCall, audio: npt.NDArray[np.int16]) -> None:
@@ -249,9 +251,14 @@ class CallerPbx:
         def more() -> bool:
             return (not total or self.placed < total) and (not duration_s or loop.time() - started < duration_s)
 
+        # The first calls arrive spread over `ramp_s`, not all in the same instant (which no
+        # call centre sees, and which would make every caller answer at once, in lockstep).
+        ramp_s = min(10.0, 0.5 * concurrent)
         while more():
             self.reap()
-            while len(self.calls) < concurrent and more():
+            allowed = concurrent if loop.time() - started >= ramp_s else \
+                max(1, int(concurrent * (loop.time() - started) / ramp_s) + 1)
+            while len(self.calls) < min(concurrent, allowed) and more():
                 await self.place_call()
             await asyncio.sleep(0.2)
         deadline = loop.time() + grace_s

@@ -33,6 +33,8 @@ VOICES = (("fr+klatt", 110), ("fr+klatt4", 110), ("fr+klatt4", 135), ("fr", 110)
 # A slot that must be found, whatever its value: synthesized days and hours are heard so badly
 # that demanding the exact callback slot would leave no variant; the lead keeps what was heard.
 PRESENT = "<present>"
+# Changes when the way variants are judged changes, so that old verdicts are not reused.
+CALIBRATION = "vad-segmented-v2"
 
 
 @dataclass(frozen=True)
@@ -129,12 +131,14 @@ def build_phrasebook(cache_dir: Path, recognize: Recognizer, classify: Classifie
     manifest_path = cache_dir / "manifest.json"
     manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     todo: list[tuple[str, Answer, str, str, int, Path]] = []
+    current: set[str] = set()
     for answer in answers:
         for text in answer.phrases:
             for voice, speed in VOICES:
-                key = hashlib.sha256(json.dumps([text, voice, speed, answer.intent, answer.state,
+                key = hashlib.sha256(json.dumps([CALIBRATION, text, voice, speed, answer.intent, answer.state,
                                                  [list(s) for s in answer.slots]], default=str).encode()).hexdigest()[:16]
                 path = cache_dir / f"{answer.key}-{key}.wav"
+                current.add(key)
                 if key not in manifest or not path.exists():
                     synthesize(text, voice, speed, path)
                     todo.append((key, answer, text, voice, speed, path))
@@ -146,7 +150,10 @@ def build_phrasebook(cache_dir: Path, recognize: Recognizer, classify: Classifie
             ok = intent == answer.intent and all(_slot_matches(slots.get(name), value) for name, value in answer.slots)
             manifest[key] = {"answer": answer.key, "text": text, "voice": voice, "speed": speed, "heard": heard,
                              "intent": intent, "kept": ok}
-        manifest_path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False, sort_keys=True))
+    # Verdicts of phrasings or judging rules no longer in use go, with their audio.
+    for key in set(manifest) - current:
+        (cache_dir / f"{manifest.pop(key)['answer']}-{key}.wav").unlink(missing_ok=True)
+    manifest_path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False, sort_keys=True))
     book: dict[str, list[Clip]] = {a.key: [] for a in answers}
     for key, entry in manifest.items():
         if entry["kept"] and entry["answer"] in book:

@@ -29,12 +29,23 @@ def prepare_simulation(settings: Settings) -> dict[str, int]:
     classifier = default_classifier()
 
     def recognize(audios: list[npt.NDArray[np.float32]]) -> list[str]:
+        """As on a call: the clip between silences, cut by the live VAD and segmenter, each
+        utterance transcribed by the batcher; texts joined."""
+        from rtcore.segmenter import SegmenterOptions, segment_streams
+        from rtcore.vad import BatchedVad, SileroVad
+
         if not engine:
             engine.append(WhisperEngine(WhisperOptions.from_settings(settings, whisper_model_dir(settings))))
-        log.info("calibrating %d caller phrase variants with the shipped ASR and classifier", len(audios))
-        results = transcribe_offline(engine[0], BatchPolicy.from_settings(settings),
-                                     [(str(i), a) for i, a in enumerate(audios)], language=settings.asr_language)
-        return ["" if results[str(i)].hallucination else results[str(i)].text for i in range(len(audios))]
+        log.info("calibrating %d caller phrase variants with the shipped VAD, ASR and classifier", len(audios))
+        before, after = np.zeros(9600, np.float32), np.zeros(16000, np.float32)
+        padded = [np.concatenate([before, a, after]) for a in audios]
+        spans = segment_streams(padded, SegmenterOptions.from_settings(settings),
+                                BatchedVad(SileroVad(), capacity=len(padded)))
+        items = [(f"{i}:{j}", padded[i][u.start:u.end]) for i, us in enumerate(spans) for j, u in enumerate(us)]
+        results = transcribe_offline(engine[0], BatchPolicy.from_settings(settings), items,
+                                     language=settings.asr_language)
+        return [" ".join(results[f"{i}:{j}"].text for j in range(len(us)) if not results[f"{i}:{j}"].hallucination)
+                for i, us in enumerate(spans)]
 
     def classify(text: str, state: str) -> tuple[str, dict[str, Any]]:
         result = classifier.classify(text, state)
