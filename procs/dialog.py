@@ -22,6 +22,9 @@ from rtcore.ring import AudioRings
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 1.0
+# Calls are announced again now and then: a capture or VAD process that restarted (or joined the
+# bus late) learns the calls in progress; both treat a repeated announcement as a no-op.
+REANNOUNCE_EVERY_S = 2.0
 
 
 async def serve(ctx: ProcessContext) -> None:
@@ -49,6 +52,7 @@ async def serve(ctx: ProcessContext) -> None:
     try:
         ctx.ready()
         next_report = time.monotonic() + REPORT_EVERY_S
+        next_announce = time.monotonic() + REANNOUNCE_EVERY_S
         while not ctx.stopping.is_set():
             await asyncio.sleep(0.1)
             drain_bus()
@@ -56,6 +60,9 @@ async def serve(ctx: ProcessContext) -> None:
                 events.result()  # re-raise: the supervisor restarts us
             ctx.beat()
             now = time.monotonic()
+            if now >= next_announce:
+                next_announce = now + REANNOUNCE_EVERY_S
+                controller.reannounce()
             if now >= next_report:
                 next_report = now + REPORT_EVERY_S
                 ctx.report({"calls": float(len(controller.calls)), "completed": float(controller.completed),

@@ -58,6 +58,7 @@ class Call:
     saying: bool = False  # requesting a reply's prompts: their ends are not yet the end of the turn
     ended: bool = False
     helpers: list[str] = field(default_factory=list)  # channel ids we created for this call
+    started: CallStarted | None = None  # the announcement, repeated by reannounce()
 
 
 class CallController:
@@ -192,10 +193,17 @@ class CallController:
             return
         assert call.lease is not None
         call.setup_done = True
-        self.publish(CallStarted(call_id=call_id, slot=call.lease.slot, generation=call.lease.generation,
-                                 caller=caller, rtp_source=rtp_source, started_at=started))
+        call.started = CallStarted(call_id=call_id, slot=call.lease.slot, generation=call.lease.generation,
+                                   caller=caller, rtp_source=rtp_source, started_at=started)
+        self.publish(call.started)
         self._listen_mode(call)
         self._save(call)
+
+    def reannounce(self) -> None:
+        """Publish CallStarted again for every call in progress (idempotent for its readers)."""
+        for call in self.calls.values():
+            if call.setup_done and not call.ended and call.lease is not None and call.started is not None:
+                self.publish(call.started)
 
     def _own(self, call: Call, helper_id: str) -> None:
         call.helpers.append(helper_id)

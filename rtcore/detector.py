@@ -74,7 +74,15 @@ class UtteranceDetector:
             if known is not None and known.lease == lease:
                 return  # a repeated announcement (publishers may resend): nothing changes
             self._drop(message.call_id)
-            self.calls[message.call_id] = CallStream(message.call_id, lease, Segmenter(self.options),
+            # Start at what is being written now: 0 for a new call; for a call learnt late (this
+            # process restarted, the dialog re-announces calls), its past is not cut again.
+            try:
+                cursor = self.rings.cursor(lease)
+            except StaleSlotError:
+                return  # already over
+            start = cursor - cursor % CHUNK
+            self.calls[message.call_id] = CallStream(message.call_id, lease, Segmenter(self.options, start),
+                                                     next_sample=start, last_cursor=cursor,
                                                      last_progress=self._clock())
             self.vad.add(message.call_id)
         elif isinstance(message, CallEnded):
@@ -168,8 +176,10 @@ class UtteranceDetector:
             else:
                 call.utterances += 1
                 self.stats.utterances += 1
+                # Named by where it starts in the call: unique, and the same if a restarted VAD
+                # ever cut it again, so the dispatcher's de-duplication holds.
                 out.append(UtteranceReady(
-                    utterance_id=f"{call.call_id}-{call.utterances:04d}", call_id=call.call_id, slot=lease.slot,
+                    utterance_id=f"{call.call_id}-{event.start}", call_id=call.call_id, slot=lease.slot,
                     generation=lease.generation, start_sample=event.start, end_sample=event.end,
                     eos_at=self._wall()))
 
