@@ -6,6 +6,7 @@ import logging
 import os
 import time
 
+import numpy as np
 import zmq
 
 from rtcore.asr import AsrWorker
@@ -26,7 +27,12 @@ def main(ctx: ProcessContext) -> None:
     s = ctx.settings
     engine = WhisperEngine(WhisperOptions.from_settings(s, whisper_model_dir(s)))
     rings = AudioRings.attach(ctx.info.rings)
-    worker = AsrWorker(ctx.name, engine, BatchPolicy.from_settings(s), rings)
+    policy = BatchPolicy.from_settings(s)
+    # The first generate of each window size is several times slower (allocation, kernel
+    # selection): pay it here, before ready, not on a caller's first answer.
+    for window in policy.buckets:
+        engine.transcribe([np.zeros(16000, np.float32)], window)
+    worker = AsrWorker(ctx.name, engine, policy, rings)
     dealer = zmq.Context.instance().socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 1000)
     dealer.setsockopt(zmq.SNDHWM, HWM)
