@@ -293,10 +293,11 @@ def _dumps(value: Any) -> str:
 class HttpApi:
     """The request handlers, the limits they enforce, and request counters for Metrics."""
 
-    def __init__(self, transcriber: Transcriber, settings: Settings) -> None:
+    def __init__(self, transcriber: Transcriber, settings: Settings, intents: Any = None) -> None:
         from faster_whisper.tokenizer import _LANGUAGE_CODES  # the codes Whisper's tokenizer knows
 
         self.transcriber = transcriber
+        self._intents = intents
         self.settings = settings
         self.max_body_bytes = int(settings.http_max_upload_mb * MIB)
         self.languages = frozenset(_LANGUAGE_CODES)
@@ -393,6 +394,36 @@ class HttpApi:
         result = await self._transcribe(data, filename, self.settings.asr_language)
         return _json_response({"transcription": result.text})
 
+    async def embedding_main(self, request: web.Request) -> web.Response:
+        """Seed's main intent API: `{"sentence", "state"?}` -> `{"intent"}` (FAQs answer "unknown":
+        they are /embedding_faqs/'s, as the seed's two models split them)."""
+        return await self._intent(request, faq=False)
+
+    async def embedding_faqs(self, request: web.Request) -> web.Response:
+        """Seed's FAQ intent API: the FAQ the sentence asks, or "unknown"."""
+        return await self._intent(request, faq=True)
+
+    async def _intent(self, request: web.Request, faq: bool) -> web.Response:
+        from rtcore.intents import DIALOG_STATES, EmbeddedIntentSource
+
+        try:
+            payload = json.loads(await request.read())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"body is not valid JSON: {exc}") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("sentence"), str):
+            raise BadRequest("body must be a JSON object with a string field 'sentence'")
+        state = payload.get("state")
+        if state is not None and state not in DIALOG_STATES:
+            raise BadRequest(f"unknown state {state!r}: expected one of {', '.join(DIALOG_STATES)}")
+        if self._intents is None:
+            self._intents = EmbeddedIntentSource()
+        result = await self._intents.classify(payload["sentence"], state)
+        is_faq = result.intent.startswith("faq")
+        intent = result.intent if is_faq == faq else "unknown"
+        self.counters["intents"] += 1
+        return _json_response({"intent": intent, "score": round(result.score, 4) if intent != "unknown" else 0.0,
+                               "slots": result.slots if intent != "unknown" else {}})
+
     # --- shared steps ------------------------------------------------------------------------
     def _language(self, value: str) -> str:
         language = value.strip().lower()
@@ -413,15 +444,19 @@ class HttpApi:
 API_KEY = web.AppKey("api", HttpApi)
 
 
-def create_app(transcriber: Transcriber, settings: Settings) -> web.Application:
-    """The service as an aiohttp application (`app[API_KEY].metrics()` for the counters)."""
-    api = HttpApi(transcriber, settings)
+def create_app(transcriber: Transcriber, settings: Settings, intents: Any = None) -> web.Application:
+    """The service as an aiohttp application (`app[API_KEY].metrics()` for the counters).
+    `intents`: the IntentSource behind /embedding_main/ and /embedding_faqs/ (default: embedded)."""
+    api = HttpApi(transcriber, settings, intents)
     # aiohttp refuses larger bodies itself (413, turned into JSON by the middleware).
     app = web.Application(client_max_size=api.max_body_bytes, middlewares=[api.errors_as_json])
     app[API_KEY] = api
     app.router.add_get("/health", api.health)
     app.router.add_post("/transcribe", api.transcribe)
     app.router.add_post("/whisper", api.whisper)
+    # The seed's intent API, so its clients (and rtcore's own HTTP intent client) can use ours.
+    app.router.add_post("/embedding_main/", api.embedding_main)
+    app.router.add_post("/embedding_faqs/", api.embedding_faqs)
     return app
 
 

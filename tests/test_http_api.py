@@ -424,3 +424,37 @@ def test_decoded_upload_matches_load_audio(tmp_path: Path) -> None:
 
     path = require_shared_audio(SPEECH)
     np.testing.assert_array_equal(decode_upload(path.read_bytes(), "x.wav", MAX_AUDIO_S), load_audio(path))
+
+
+class _NoAudio:
+    """The intent endpoints never transcribe: a transcriber that says so if called."""
+
+    async def transcribe(self, audio, language):  # type: ignore[no-untyped-def]
+        raise AssertionError("no transcription expected")
+
+    def health(self) -> dict:  # type: ignore[type-arg]
+        return {}
+
+
+async def test_seed_intent_endpoints() -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from rtcore.config import Settings
+    from rtcore.http_api import create_app
+
+    async with TestClient(TestServer(create_app(_NoAudio(), Settings()))) as client:  # real HTTP on loopback
+        r = await client.post("/embedding_main/", json={"sentence": "soixante-quinze zéro onze", "state": "ask_zip_code"})
+        assert r.status == 200 and (await r.json())["intent"] == "ok_zipcode"
+        assert (await r.json())["slots"]["zip_code"] == "75011"
+        r = await client.post("/embedding_main/", json={"sentence": "c'est gratuit ?"})
+        assert (await r.json())["intent"] == "unknown"  # a FAQ: the FAQ endpoint's
+        r = await client.post("/embedding_faqs/", json={"sentence": "c'est gratuit ?"})
+        assert (await r.json())["intent"] == "faq3"
+        r = await client.post("/embedding_faqs/", json={"sentence": "oui", "state": "init"})
+        assert (await r.json())["intent"] == "unknown"
+        for body, message in [(b"not json", "body is not valid JSON"), (b'{"text": "oui"}', "string field 'sentence'"),
+                              (b'{"sentence": "oui", "state": "nowhere"}', "unknown state 'nowhere'")]:
+            r = await client.post("/embedding_main/", data=body, headers={"Content-Type": "application/json"})
+            assert r.status == 400 and message in (await r.json())["error"]
+        r = await client.post("/embedding_main/", json={"sentence": "oui", "state": "ask_owner_house"})
+        assert (await r.json())["intent"] == "ok_proprio"  # still serving after the bad requests
