@@ -21,15 +21,25 @@ def test_vad_process_cuts_a_calls_audio_from_the_ring(make_settings: Callable[..
     try:
         assert sup.rings is not None
         lease = sup.rings.allocate()
-        sup.rings.write(lease, pcm)
         announce = CallStarted(call_id="c1", slot=lease.slot, generation=lease.generation)
-        got: list[object] = []
+        vad = sup.children["vad"]
         deadline = time.monotonic() + 60
-        # Re-announce until the VAD answers: PUB/SUB drops what precedes the subscription, and a
-        # repeated CallStarted is a no-op for the VAD.
+        # The VAD follows a call from what is being written when it learns of it: announce the
+        # call (again and again: PUB/SUB drops what precedes the subscription; a repeat is a
+        # no-op) while the caller is still silent, until the VAD reports following one call.
+        while vad.metrics.get("calls", 0) < 1:
+            assert time.monotonic() < deadline, "the VAD never took the call"
+            pub.publish(announce)
+            sup.rings.write_silence(lease, 512)
+            sup.poll(0.032)
+        offset = sup.rings.cursor(lease)
+        sup.rings.write_silence(lease, 16000)
+        offset += 16000
+        sup.rings.write(lease, pcm)
+        sup.rings.write_silence(lease, 16000)
+        got: list[object] = []
         while not any(isinstance(m, UtteranceReady) for m in got):
             assert time.monotonic() < deadline, got
-            pub.publish(announce)
             message = sub.recv(timeout_ms=200)
             if message is not None:
                 got.append(message)
@@ -37,7 +47,8 @@ def test_vad_process_cuts_a_calls_audio_from_the_ring(make_settings: Callable[..
         ready = [m for m in got if isinstance(m, UtteranceReady)]
         assert len(ready) == 1 and ready[0].call_id == "c1"
         assert (ready[0].slot, ready[0].generation) == (lease.slot, lease.generation)
-        assert 0 <= ready[0].start_sample < 16000 * 1.5 and ready[0].end_sample > 16000 * 5.5
+        assert offset <= ready[0].start_sample < offset + 16000 * 1.5
+        assert ready[0].end_sample > offset + 16000 * 5.5
         assert isinstance(got[0], SpeechStarted)
         assert sup.children["vad"].restarts == 0
     finally:
