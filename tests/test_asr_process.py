@@ -4,7 +4,8 @@ import os
 import signal
 import time
 from collections import Counter
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import pytest
 
@@ -33,17 +34,30 @@ def join_bus(settings: Settings, sub: Subscriber) -> None:
         pub.close()
 
 
-def test_killing_a_worker_mid_run_loses_and_duplicates_nothing(make_settings: Callable[..., Settings]) -> None:
-    audio = load_audio(require_shared_audio("OSR_fr_000_0041_8k.wav"))
-    [spans] = segment_streams([audio], SegmenterOptions(), BatchedVad(SileroVad()))
-    settings = make_settings(redis_url="redis://127.0.0.1:1", ring_seconds=90.0, asr_workers=2,
-                             asr_intra_threads=1, asr_batch_size=4, asr_worker_timeout_s=30.0)
+@contextmanager
+def running_asr(settings: Settings) -> Iterator[tuple[Supervisor, Subscriber, AsrClient]]:
+    """The ASR service under a real supervisor, a Transcript subscriber already on the bus, and a
+    client submitting utterances to the dispatcher."""
     sup = Supervisor(settings, procs.asr_service(settings))
     sup.start()
     sub = Subscriber(settings.endpoint("bus_sub"), [Transcript])
     client = AsrClient(settings.endpoint("asr"))
     try:
         join_bus(settings, sub)
+        assert sup.rings is not None
+        yield sup, sub, client
+    finally:
+        client.close()
+        sub.close()
+        sup.stop()
+
+
+def test_killing_a_worker_mid_run_loses_and_duplicates_nothing(make_settings: Callable[..., Settings]) -> None:
+    audio = load_audio(require_shared_audio("OSR_fr_000_0041_8k.wav"))
+    [spans] = segment_streams([audio], SegmenterOptions(), BatchedVad(SileroVad()))
+    settings = make_settings(redis_url="redis://127.0.0.1:1", ring_seconds=90.0, asr_workers=2,
+                             asr_intra_threads=1, asr_batch_size=4, asr_worker_timeout_s=30.0)
+    with running_asr(settings) as (sup, sub, client):
         assert sup.rings is not None
         lease = sup.rings.allocate()
         sup.rings.write(lease, float_to_pcm16(audio))
@@ -84,20 +98,11 @@ def test_killing_a_worker_mid_run_loses_and_duplicates_nothing(make_settings: Ca
         assert dispatch.metrics["requeued"] >= 1  # the kill did catch work in flight
         assert {t.worker for t in got} >= {"asr-0", "asr-1"}
         assert max(t.batch_size for t in got) > 1
-    finally:
-        client.close()
-        sub.close()
-        sup.stop()
 
 
 def test_overrun_utterance_gets_an_error_transcript(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(redis_url="redis://127.0.0.1:1", ring_seconds=2.0, asr_workers=1, asr_intra_threads=1)
-    sup = Supervisor(settings, procs.asr_service(settings))
-    sup.start()
-    sub = Subscriber(settings.endpoint("bus_sub"), [Transcript])
-    client = AsrClient(settings.endpoint("asr"))
-    try:
-        join_bus(settings, sub)
+    with running_asr(settings) as (sup, sub, client):
         assert sup.rings is not None
         lease = sup.rings.allocate()
         sup.rings.write_silence(lease, 16000 * 5)  # 5 s into a 2 s ring: the first 3 s are gone
@@ -110,7 +115,3 @@ def test_overrun_utterance_gets_an_error_transcript(make_settings: Callable[...,
         assert message.utterance_id == "old" and message.text == ""
         assert "were overwritten" in message.error
         assert sup.children["asr-0"].restarts == 0
-    finally:
-        client.close()
-        sub.close()
-        sup.stop()
