@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 log = logging.getLogger(__name__)
+SLOW_BATCH_S = 2.0  # a batch this slow is logged: it is what sets the latency tail
 
 
 class AsrWorker:
@@ -75,6 +76,11 @@ class AsrWorker:
         results, timing = self.engine.transcribe([r.audio for r in batch], batch[0].window_s,
                                                  [r.language for r in batch], while_waiting)
         self.batches += 1
+        if timing.inference_s > SLOW_BATCH_S:
+            reasons = [r.reason for r in results if r.reason]
+            log.warning("slow batch: %d utterances (%.1f s of audio at most) in a %g s window took %.2f s%s",
+                        len(batch), max(r.duration_s for r in batch), timing.window_s, timing.inference_s,
+                        f"; flagged: {', '.join(reasons)}" if reasons else "")
         out = []
         for request, result in zip(batch, results):
             utterance: UtteranceReady = request.meta
@@ -85,7 +91,8 @@ class AsrWorker:
                 avg_logprob=result.avg_logprob, no_speech_prob=result.no_speech_prob,
                 hallucination=result.hallucination, error="", eos_at=utterance.eos_at,
                 queue_ms=(started - request.enqueued_at) * 1000, features_ms=timing.features_s * 1000,
-                inference_ms=timing.inference_s * 1000, batch_size=len(batch), worker=self.name))
+                inference_ms=timing.inference_s * 1000, batch_size=len(batch), worker=self.name,
+                window_s=timing.window_s))
         return out
 
     def metrics(self) -> dict[str, float]:

@@ -295,7 +295,8 @@ def cmd_bench_load(args: argparse.Namespace, settings: Settings) -> int:
         return [float(v) for v in text.split(",")] if text else []
 
     tuning = {"batch_size": numbers(args.batch_size), "max_wait_ms": numbers(args.max_wait_ms),
-              "window_s": numbers(args.window), "workers": numbers(args.workers)}
+              "window_s": numbers(args.window), "workers": numbers(args.workers),
+              "threads": numbers(args.threads), "beam": numbers(args.beam)}
     out = Path(args.out)
     result = run_bench(settings, [int(v) for v in args.calls.split(",")], args.duration, out, tuning,
                        baselines=not args.no_baselines)
@@ -361,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--max-wait-ms", help="sweep, e.g. 20,50,100")
     load.add_argument("--window", help="sweep of asr_window_s, e.g. 10,15")
     load.add_argument("--workers", help="sweep of asr_workers, e.g. 1,2")
+    load.add_argument("--threads", help="sweep of asr_intra_threads, e.g. 1,2")
+    load.add_argument("--beam", help="sweep of asr_beam_size, e.g. 1,5")
     load.set_defaults(func=cmd_bench_load)
 
     transcribe = sub.add_parser("transcribe", help="segment audio files with the VAD and transcribe them with the batched ASR")

@@ -19,6 +19,23 @@ class LaunchError(RuntimeError):
     pass
 
 
+def simulated_load_settings(settings: Settings, calls: int | None, total_calls: int | None,
+                            duration_s: float | None) -> Settings:
+    """The settings of a simulated load: its size, and call slots enough for it."""
+    settings = settings.model_copy(update={
+        k: v for k, v in (("sim_calls", calls), ("sim_total_calls", total_calls),
+                          ("sim_duration_s", duration_s)) if v is not None})
+    # A replacement call arrives as soon as one ends, before every process has let its slot go
+    # (and freed slots rest before reuse): leave headroom, or the load would be refused for want
+    # of call slots.
+    needed = settings.sim_calls + max(8, settings.sim_calls // 4)
+    if settings.max_calls < needed:
+        log.info("max_calls raised from %d to %d for %d simulated calls", settings.max_calls, needed,
+                 settings.sim_calls)
+        settings = settings.model_copy(update={"max_calls": needed})
+    return settings
+
+
 def run_launch(settings: Settings, calls: int | None = None, total_calls: int | None = None,
                duration_s: float | None = None, should_stop: Callable[[], bool] = lambda: False,
                progress: Callable[[str], None] | None = None, progress_every_s: float = 5.0) -> dict[str, Any]:
@@ -35,9 +52,7 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
 
     simulated = not settings.ari_url
     if simulated:
-        settings = settings.model_copy(update={
-            k: v for k, v in (("sim_calls", calls), ("sim_total_calls", total_calls),
-                              ("sim_duration_s", duration_s)) if v is not None})
+        settings = simulated_load_settings(settings, calls, total_calls, duration_s)
     log.info("rtcore launch, instance %r, settings: %s", settings.instance, json.dumps(settings.redacted()))
     whisper_model_dir(settings)  # assembled once here, not concurrently in every ASR worker
     if simulated:

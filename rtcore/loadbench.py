@@ -4,7 +4,9 @@ Each level is a full `rtcore launch` run (embedded PBX, simulated callers, every
 calls for `duration_s`, then letting them finish. Systems, on the same machine, simulator and audio:
 - rtcore: the configuration given (or each point of a tuning sweep);
 - WhisperLive-style: 30 s window, batch 8, 50 ms collection window, one worker;
-- seed-style: 30 s window, beam 5, one utterance at a time, one worker. (The seed sent each
+- seed-style: 30 s window, beam 5, one utterance at a time, one worker.
+  Both baselines are single-model servers, so their one worker gets CTranslate2's default
+  threads (every core), which is their fastest setting here. (The seed sent each
   utterance to its Whisper HTTP service; here it goes through rtcore's dispatcher. That hop costs
   about a millisecond against 0.9-1.8 s of inference, so the comparison is of the ASR policy.)
 capacity@SLO: the most concurrent calls with no dropped utterance and p95 eos_to_transcript within
@@ -29,12 +31,13 @@ log = logging.getLogger(__name__)
 SLOS_MS = (1500.0, 4000.0)
 BASELINES: dict[str, dict[str, Any]] = {
     "whisperlive-style": {"asr_window_s": 30.0, "asr_window_margin_s": 0.0, "asr_batch_size": 8,
-                          "asr_max_wait_ms": 50.0, "asr_workers": 1},
+                          "asr_max_wait_ms": 50.0, "asr_workers": 1, "asr_intra_threads": 0, "asr_beam_size": 5},
     "seed-style": {"asr_window_s": 30.0, "asr_window_margin_s": 0.0, "asr_batch_size": 1, "asr_max_wait_ms": 0.0,
-                   "asr_workers": 1, "asr_beam_size": 5},
+                   "asr_workers": 1, "asr_intra_threads": 0, "asr_beam_size": 5},
 }
 TUNABLE = {"batch_size": "asr_batch_size", "max_wait_ms": "asr_max_wait_ms", "window_s": "asr_window_s",
-           "workers": "asr_workers"}
+           "workers": "asr_workers", "threads": "asr_intra_threads", "beam": "asr_beam_size"}
+INTEGER_TUNABLES = ("batch_size", "workers", "threads", "beam")
 
 
 @dataclass
@@ -62,7 +65,7 @@ def systems_to_run(tuning: dict[str, list[float]], baselines: bool) -> dict[str,
     out: dict[str, dict[str, Any]] = {}
     names = [n for n in TUNABLE if tuning.get(n)]
     for values in itertools.product(*(tuning[n] for n in names)) if names else [()]:
-        overrides = {TUNABLE[n]: (int(v) if n in ("batch_size", "workers") else float(v)) for n, v in zip(names, values)}
+        overrides = {TUNABLE[n]: (int(v) if n in INTEGER_TUNABLES else float(v)) for n, v in zip(names, values)}
         label = "rtcore" + "".join(f" {n}={v:g}" for n, v in zip(names, values))
         out[label] = overrides
     if baselines:

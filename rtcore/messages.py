@@ -90,6 +90,7 @@ class Transcript(Message):
     batch_size: int = 0
     worker: str = ""
     published_at: float = 0.0  # when the dispatcher published it: eos_to_transcript = published_at - eos_at
+    window_s: float = 0.0  # the encoder window its batch was padded to
 
 
 class AsrCredit(Message):

@@ -40,6 +40,9 @@ class LoadCollector:
     eos_to_transcript: list[float] = field(default_factory=list)
     eos_to_reply: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
+    queue_ms: list[float] = field(default_factory=list)  # at the worker, before its batch ran
+    inference_ms: list[float] = field(default_factory=list)  # the batch's features + generate
+    windows: Counter[float] = field(default_factory=Counter)
 
     def poll(self) -> None:
         now = time.time()
@@ -56,6 +59,9 @@ class LoadCollector:
                     self.eos_to_transcript.append(((message.published_at or now) - message.eos_at) * 1000)
                 if message.batch_size:
                     self.batch_sizes.append(message.batch_size)
+                    self.queue_ms.append(message.queue_ms)
+                    self.inference_ms.append(message.features_ms + message.inference_ms)
+                    self.windows[message.window_s] += 1
             elif isinstance(message, TurnTaken) and message.eos_to_reply_ms > 0:
                 self.eos_to_reply.append(message.eos_to_reply_ms)
 
@@ -111,7 +117,11 @@ def build_report(collector: LoadCollector, leads: Iterable[Lead], worker_metrics
         "utterances": {"total": total, "dropped": total - len(collector.utterances & collector.transcribed)},
         "latency_ms": {"eos_to_transcript": percentiles(collector.eos_to_transcript),
                        "eos_to_reply": percentiles(collector.eos_to_reply)},
-        "asr": {"mean_batch_size": round(utterances / batches, 2) if batches else 0.0},
+        "asr": {"mean_batch_size": round(utterances / batches, 2) if batches else 0.0,
+                # Where eos_to_transcript goes: waiting at a worker, then running its batch.
+                "worker_queue_ms": percentiles(collector.queue_ms),
+                "batch_run_ms": percentiles(collector.inference_ms),
+                "windows_s": {f"{w:g}": n for w, n in sorted(collector.windows.items())}},
         "cpu_percent": cpu_percent,
     }
 
@@ -122,7 +132,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"calls completed {report['calls_completed']}, failed {report['calls_failed']}; outcomes "
         + (", ".join(f"{k} {v}" for k, v in report["outcomes"].items()) or "none"),
         f"utterances {report['utterances']['total']}, dropped {report['utterances']['dropped']}; "
-        f"ASR mean batch {report['asr']['mean_batch_size']}",
+        f"ASR mean batch {report['asr']['mean_batch_size']}, p95 worker queue "
+        f"{report['asr']['worker_queue_ms']['p95']} ms, p95 batch run {report['asr']['batch_run_ms']['p95']} ms",
         "latency ms (p50 / p95 / max): eos->transcript {p50} / {p95} / {max}".format(**lat["eos_to_transcript"])
         + ", eos->reply {p50} / {p95} / {max}".format(**lat["eos_to_reply"]),
         f"CPU {report['cpu_percent']} % of one core",

@@ -12,8 +12,10 @@ were not overwritten meanwhile: `start >= reserved - capacity`. A reader that he
 `check()` after using it for the same guarantee.
 
 Generations: every allocation of a slot increments its generation. A reader names the generation
-it expects; a slot freed and reused by another call has another generation, so a stale reader gets
-StaleSlotError instead of another caller's audio.
+it expects; a slot reused by another call has another generation, so a stale reader gets
+StaleSlotError instead of another caller's audio. A freed slot keeps its generation and its audio
+until it is reused, and allocation takes the slot freed longest ago: an utterance still queued for
+the ASR when its caller hangs up is transcribed, not lost. Only the writer needs the slot in use.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ from rtcore.audio import pcm16_to_float
 log = logging.getLogger(__name__)
 
 SAMPLE_DTYPE = np.dtype(np.int16)
-HEADER_WORDS = 4
-# Header word indices.
-_GENERATION, _RESERVED, _CURSOR, _STATE = range(HEADER_WORDS)
+HEADER_WORDS = 5
+# Header word indices. _FREED orders freed slots (0: never used): the oldest is reused first.
+_GENERATION, _RESERVED, _CURSOR, _STATE, _FREED = range(HEADER_WORDS)
 _FREE, _IN_USE = 0, 1
 # The header is padded to a page so that sample rings start page-aligned.
 _PAGE = 4096
@@ -167,7 +169,7 @@ class AudioRings:
             free = np.flatnonzero(self._header[:, _STATE] == _FREE)
             if free.size == 0:
                 raise NoFreeSlotError(f"all {self.spec.n_slots} call slots are in use")
-            slot = int(free[0])
+            slot = int(free[np.argmin(self._header[free, _FREED])])  # first minimum: lowest index
             row = self._header[slot]
             row[_STATE] = _IN_USE
             row[_GENERATION] += 1
@@ -181,8 +183,7 @@ class AudioRings:
             row = self._header[lease.slot]
             if int(row[_GENERATION]) != lease.generation or row[_STATE] == _FREE:
                 return
-            # A new generation on free too: readers of the ended call fail fast from now on.
-            row[_GENERATION] += 1
+            row[_FREED] = int(self._header[:, _FREED].max()) + 1
             row[_STATE] = _FREE
 
     def in_use(self) -> list[SlotLease]:
@@ -198,7 +199,7 @@ class AudioRings:
         if n > cap:
             raise ValueError(f"cannot write {n} samples at once into a ring of {cap}")
         row = self._header[lease.slot]
-        self._check_generation(lease)
+        self._check_generation(lease, writing=True)
         cursor = int(row[_CURSOR])
         end = cursor + n
         row[_RESERVED] = end
@@ -279,11 +280,12 @@ class AudioRings:
             raise NotYetWrittenError(f"slot {lease.slot}: samples up to {end} requested, only {cursor} written")
         self.check(lease, start)
 
-    def _check_generation(self, lease: SlotLease) -> None:
+    def _check_generation(self, lease: SlotLease, writing: bool = False) -> None:
+        """Readers may still read an ended call's slot until it is reused; the writer may not write."""
         if not 0 <= lease.slot < self.spec.n_slots:
             raise ValueError(f"slot {lease.slot} out of range (0..{self.spec.n_slots - 1})")
         row = self._header[lease.slot]
-        if int(row[_GENERATION]) != lease.generation or row[_STATE] != _IN_USE:
+        if int(row[_GENERATION]) != lease.generation or (writing and row[_STATE] != _IN_USE):
             raise StaleSlotError(
                 f"slot {lease.slot}: generation {lease.generation} is gone "
                 f"(now {int(row[_GENERATION])}, {'in use' if row[_STATE] == _IN_USE else 'free'})")

@@ -9,6 +9,7 @@ frames (30 s); longer audio is split into 30 s pieces whose texts are joined.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import zlib
@@ -41,8 +42,9 @@ class WhisperOptions:
     compute_type: str = "int8"
     intra_threads: int = 0
     inter_threads: int = 1
-    # Generation stops after this many tokens per second of window: a repetition loop is cut
-    # short instead of running to 448 tokens (French speech is 3 to 6 tokens per second).
+    # Generation stops after this many tokens per second of the batch's longest speech: a
+    # repetition loop is cut short instead of running to 448 tokens (French speech is 3 to 6
+    # tokens per second; the padding after it holds none).
     max_tokens_per_s: float = 15.0
     # Whisper's own rule is no_speech > 0.6 and avg_logprob < -1. On our French phone speech the
     # no-speech probability of real utterances stayed <= 0.12 (54 OSR utterances) while hiss at
@@ -150,10 +152,11 @@ class WhisperEngine:
         batch = np.ascontiguousarray(np.stack(mels), dtype=np.float32)
         t1 = time.perf_counter()
         opts = self.options
+        longest_s = min(max(len(a) for a in audios), piece) / SAMPLE_RATE
         pending = self.model.generate(
             self._ct2.StorageView.from_array(batch), prompts, beam_size=opts.beam_size,
             return_scores=True, return_no_speech_prob=True, suppress_blank=True,
-            max_length=min(448, len(self.prompt) + max(16, int(window_s * opts.max_tokens_per_s))),
+            max_length=min(448, len(self.prompt) + max(16, math.ceil(longest_s * opts.max_tokens_per_s))),
             asynchronous=True)
         # A big 30 s batch takes many seconds on a CPU: keep the caller's heartbeats going meanwhile.
         while while_waiting is not None and not all(r.done() for r in pending):

@@ -3,10 +3,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from rtcore.batcher import AsrBatcher, AsrRequest, BatchPolicy
 
-POLICY = BatchPolicy(batch_size=3, max_wait_s=0.05, window_s=10.0, margin_s=5.0)
+POLICY = BatchPolicy(batch_size=3, max_wait_s=0.05, window_s=10.0, margin_s=5.0, step_s=10.0)
 
 
 def req(key: str, seconds: float, at: float) -> AsrRequest:
@@ -19,6 +20,13 @@ def test_window_buckets_leave_the_margin() -> None:
         [10.0, 10.0, 20.0, 20.0, 30.0, 30.0, 30.0]
     assert BatchPolicy(window_s=30.0).buckets == [30.0]
     assert BatchPolicy(window_s=25.0, margin_s=2.0).window_for(10.0) == 25.0
+    assert BatchPolicy(window_s=6.0, step_s=2.0).buckets == [6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0,
+                                                             22.0, 24.0, 26.0, 28.0, 30.0]
+    assert BatchPolicy(window_s=25.0, step_s=2.0).buckets == [25.0, 27.0, 29.0, 30.0]
+    assert [BatchPolicy(window_s=6.0, step_s=2.0).window_for(d) for d in (0.5, 1.0, 1.1, 3.2, 24.9, 25.1)] == \
+        [6.0, 6.0, 8.0, 10.0, 30.0, 30.0]
+    with pytest.raises(ValueError, match="step_s > 0"):
+        BatchPolicy(step_s=0.0)
 
 
 def test_a_full_bucket_is_due_at_once() -> None:
@@ -40,13 +48,29 @@ def test_a_partial_bucket_waits_for_max_wait_from_its_oldest() -> None:
     assert [r.key for r in b.pop_due(now=100.05)] == ["a", "b"]
 
 
-def test_lengths_never_share_a_batch_and_the_oldest_goes_first() -> None:
+def test_a_window_never_shrinks_and_the_oldest_goes_first() -> None:
     b = AsrBatcher(POLICY)
+    b.add(req("short0", 2.0, at=99.0))
     b.add(req("long", 12.0, at=100.0))
     b.add(req("short1", 2.0, at=100.01))
-    b.add(req("short2", 2.0, at=100.02))
-    assert [r.key for r in b.pop_due(now=101.0)] == ["long"]
-    assert [(r.key, r.window_s) for r in b.pop_due(now=101.0)] == [("short1", 10.0), ("short2", 10.0)]
+    assert [(r.key, r.window_s) for r in b.pop_due(now=101.0)] == [("short0", 10.0), ("short1", 10.0)]
+    assert [(r.key, r.window_s) for r in b.pop_due(now=101.0)] == [("long", 20.0)]
+
+
+def test_free_places_take_the_oldest_smaller_items_padded_up_to_twice_their_window() -> None:
+    policy = BatchPolicy(batch_size=3, max_wait_s=0.05, window_s=6.0, margin_s=5.0, step_s=2.0)
+    b = AsrBatcher(policy)
+    b.add(req("w10", 4.0, at=100.0))      # due first
+    b.add(req("w6-late", 1.0, at=100.3))
+    b.add(req("w8", 2.5, at=100.1))
+    b.add(req("w6-early", 1.0, at=100.2))
+    b.add(req("w30", 24.0, at=100.25))    # larger: never joins a smaller window
+    assert [(r.key, r.window_s) for r in b.pop_due(now=100.06)] == [("w10", 10.0), ("w8", 10.0), ("w6-early", 10.0)]
+    assert len(b) == 2 and "w6-early" not in b
+    b.add(req("w18", 12.0, at=100.4))
+    # 6 s items are not padded to 30 s (more than twice their window) and wait for their own batch.
+    assert [(r.key, r.window_s) for r in b.pop_due(now=100.4)] == [("w30", 30.0), ("w18", 30.0)]
+    assert [(r.key, r.window_s) for r in b.pop_due(now=100.4)] == [("w6-late", 6.0)]
 
 
 def test_flush_and_duplicates() -> None:

@@ -26,7 +26,7 @@ def test_precedence_of_the_four_layers(tmp_path: Path) -> None:
     assert s.asr_beam_size == 2     # env beats file
     assert s.rtp_port == 41000      # file beats default
     assert s.log_level == "WARNING"
-    assert s.asr_workers == 1       # default
+    assert s.asr_workers == 2       # default
 
 
 def test_config_file_from_environment_and_toml(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import redis
 
+from rtcore.config import Settings
+from rtcore.launcher import simulated_load_settings
 from rtcore.leads import read_leads
 from rtcore.redis_server import PrivateRedis
 from tests.conftest import REPO
@@ -47,6 +49,12 @@ def test_launch_two_calls_four_total_completes_with_leads_and_a_consistent_repor
         lat = report["latency_ms"][name]
         assert 0 < lat["p50"] <= lat["p95"] <= lat["max"]
     assert report["asr"]["mean_batch_size"] >= 1.0 and report["cpu_percent"] > 0
+    transcribed = utts["total"] - utts["dropped"]
+    assert sum(report["asr"]["windows_s"].values()) == transcribed
+    assert all(6.0 <= float(w) <= 30.0 for w in report["asr"]["windows_s"])
+    for name in ("worker_queue_ms", "batch_run_ms"):
+        lat = report["asr"][name]
+        assert 0 <= lat["p50"] <= lat["p95"] <= lat["max"]
     # Every call left its lead in Redis (the private Redis's append-only file outlives the run).
     with PrivateRedis(short_dir / "run2", short_dir / "data" / "redis") as server:
         client = redis.Redis.from_url(server.url)
@@ -56,3 +64,11 @@ def test_launch_two_calls_four_total_completes_with_leads_and_a_consistent_repor
     assert all(lead.outcome in OUTCOMES and lead.ended_at >= lead.started_at and lead.turns for lead in leads)
     assert sorted(lead.outcome for lead in leads) == sorted(
         o for o, n in report["outcomes"].items() for _ in range(n))
+
+
+def test_a_simulated_load_gets_call_slots_enough_for_it() -> None:
+    # Replacement calls arrive while ended ones still hold their slots: headroom beyond N.
+    big = simulated_load_settings(Settings(max_calls=64), calls=80, total_calls=None, duration_s=60.0)
+    assert (big.sim_calls, big.sim_duration_s, big.max_calls) == (80, 60.0, 100)
+    assert simulated_load_settings(Settings(max_calls=64), 2, 4, None).max_calls == 64  # enough already
+    assert simulated_load_settings(Settings(max_calls=4), 2, 4, None).max_calls == 10

@@ -89,14 +89,23 @@ def test_silence_fill_keeps_the_timeline(rings: AudioRings) -> None:
     assert not rings.read(lease, 1600, 2510).any()
 
 
-def test_slot_reuse_gets_a_new_generation_and_stale_readers_fail(rings: AudioRings) -> None:
+def test_an_ended_calls_audio_stays_readable_until_its_slot_is_reused(rings: AudioRings) -> None:
     first = rings.allocate()
     rings.write(first, ramp(0, 100))
     rings.free(first)
+    # An utterance still queued for the ASR when the caller hung up is read, not lost...
+    assert (rings.read(first, 10, 20) == ramp(10, 10)).all()
+    # ...but the ended call can no longer be written to.
     with pytest.raises(StaleSlotError, match="is gone"):
-        rings.read(first, 0, 10)
+        rings.write(first, ramp(100, 10))
+    # The slot freed longest ago is reused last: the two never-used slots go first.
+    others = [rings.allocate(), rings.allocate()]
+    assert first.slot not in {lease.slot for lease in others}
+    assert (rings.read(first, 0, 100) == ramp(0, 100)).all()
     second = rings.allocate()
     assert second.slot == first.slot and second.generation > first.generation
+    with pytest.raises(StaleSlotError, match="is gone"):
+        rings.read(first, 0, 10)
     assert rings.cursor(second) == 0  # the new call starts its own timeline
     rings.write(second, ramp(5000, 100))
     with pytest.raises(StaleSlotError):
@@ -104,7 +113,14 @@ def test_slot_reuse_gets_a_new_generation_and_stale_readers_fail(rings: AudioRin
     with pytest.raises(StaleSlotError):
         rings.write(first, ramp(0, 10))
     rings.free(first)  # freeing a stale lease must not free the new call's slot
-    assert rings.in_use() == [second]
+    assert sorted(rings.in_use(), key=lambda lease: lease.slot) == sorted([*others, second], key=lambda lease: lease.slot)
+
+
+def test_the_slot_freed_longest_ago_is_reused_first(rings: AudioRings) -> None:
+    leases = [rings.allocate() for _ in range(3)]
+    for index in (2, 0, 1):
+        rings.free(leases[index])
+    assert [rings.allocate().slot for _ in range(3)] == [2, 0, 1]
 
 
 def test_all_slots_in_use(rings: AudioRings) -> None:

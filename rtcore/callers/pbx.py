@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import socket
 import struct
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 PACKET_SAMPLES = 320
 PAYLOAD_TYPE = 118
+TICK_S = 0.2  # how often run_load tops the calls in progress back up
 RTP_HEADER = struct.Struct("!BBHII")
 
 
@@ -254,13 +256,18 @@ class CallerPbx:
         # The first calls arrive spread over `ramp_s`, not all in the same instant (which no
         # call centre sees, and which would make every caller answer at once, in lockstep).
         ramp_s = min(10.0, 0.5 * concurrent)
+        # Placements are capped at `concurrent` calls per 10 s (a call lasts over a minute): calls
+        # refused at once (no slot, a dead pipeline) must not become a storm of failed calls.
+        per_tick = max(1, math.ceil(concurrent * TICK_S / 10.0))
         while more():
             self.reap()
             allowed = concurrent if loop.time() - started >= ramp_s else \
                 max(1, int(concurrent * (loop.time() - started) / ramp_s) + 1)
-            while len(self.calls) < min(concurrent, allowed) and more():
+            for _ in range(min(min(concurrent, allowed) - len(self.calls), per_tick)):
+                if not more():
+                    break
                 await self.place_call()
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(TICK_S)
         deadline = loop.time() + grace_s
         while self.calls and loop.time() < deadline:
             self.reap()
