@@ -18,6 +18,7 @@ from rtcore.prompts import prompt_durations
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 1.0
+HISTORY_LIMIT = 10_000  # events and requests the simulator keeps for inspection: bounded memory over hours
 
 
 def human_audio_dir(configured: str) -> Path:
@@ -30,7 +31,8 @@ async def serve(ctx: ProcessContext) -> None:
     s = ctx.settings
     durations = prompt_durations(s.prompts_path)
     media = CallerMedia(lambda uri: durations.get(uri.split(":", 1)[-1], 1.0), s.data_path / "recordings")
-    sim = AriSimulator(app_name=s.ari_app, user=s.ari_user, password=s.ari_password.get_secret_value(), hooks=media)
+    sim = AriSimulator(app_name=s.ari_app, user=s.ari_user, password=s.ari_password.get_secret_value(), hooks=media,
+                       history_limit=HISTORY_LIMIT)
     phrasebook = load_phrasebook(s.model_cache_path / "phrasebook")
     pbx = CallerPbx(sim, media, phrasebook, load_human_clips(human_audio_dir(s.sim_audio_dir)), seed=s.sim_seed)
     await sim.start("127.0.0.1", s.sim_ari_port)

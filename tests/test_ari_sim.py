@@ -600,3 +600,30 @@ async def test_simulator_runs_on_the_vendored_api_docs(http: aiohttp.ClientSessi
             400, {"message": "Invalid direction specified for spy"})
         assert (await call(http, vendored, "POST", f"/channels/{caller}/answer"))[0] == 204
         await reader.close()
+
+
+async def test_a_history_limit_bounds_what_a_long_run_keeps(http: aiohttp.ClientSession) -> None:
+    simulator = AriSimulator(APP, USER, PASSWORD, history_limit=2)
+    await simulator.start()
+    try:
+        reader = await connect(http, simulator)
+        for n in range(7):
+            assert (await call(http, simulator, "POST", "/bridges", type="mixing", name=f"b{n}"))[0] == 200
+        # Between `limit` and twice `limit` are kept; indices stay absolute.
+        assert 2 <= len(simulator.requests) <= 4
+        assert simulator.requests_trimmed + len(simulator.requests) == 8  # the events socket, then 7 bridges
+        assert simulator.requests[-1].query["name"] == "b6"
+        found = await simulator.wait_for_request(lambda r: r.query.get("name") == "b6", timeout=1.0, since=0)
+        assert found.method == "POST"
+        with pytest.raises(TimeoutError):  # before the last request, but trimmed or not: never b0
+            await simulator.wait_for_request(lambda r: r.query.get("name") == "b0", timeout=0.1)
+        await reader.close()
+    finally:
+        await simulator.stop()
+    hub = simulator.hub
+    before = hub.trimmed + len(hub.history)
+    for n in range(7):
+        hub.emit([APP], "Probe", {"n": n})
+    assert 2 <= len(hub.history) <= 4 and hub.trimmed + len(hub.history) == before + 7
+    assert (await simulator.wait_for(lambda e: e["type"] == "Probe", timeout=1.0, since=before + 5))["n"] == 5
+    assert simulator.event_types(since=hub.trimmed + len(hub.history) - 1) == ["Probe"]

@@ -14,6 +14,7 @@ from rtcore.audio import float_to_pcm16, load_audio
 from rtcore.bus import AsrClient, Publisher, Subscriber
 from rtcore.config import Settings
 from rtcore.messages import Transcript, UtteranceReady
+from rtcore.ring import SlotLease
 from rtcore.segmenter import SegmenterOptions, segment_streams
 from rtcore.supervisor import Supervisor
 from rtcore.vad import BatchedVad, SileroVad
@@ -100,7 +101,7 @@ def test_killing_a_worker_mid_run_loses_and_duplicates_nothing(make_settings: Ca
         assert max(t.batch_size for t in got) > 1
 
 
-def test_overrun_utterance_gets_an_error_transcript(make_settings: Callable[..., Settings]) -> None:
+def test_unreadable_utterances_get_error_transcripts_and_an_ended_calls_are_read(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(redis_url="redis://127.0.0.1:1", ring_seconds=2.0, asr_workers=1, asr_intra_threads=1)
     with running_asr(settings) as (sup, sub, client):
         assert sup.rings is not None
@@ -114,4 +115,25 @@ def test_overrun_utterance_gets_an_error_transcript(make_settings: Callable[...,
             assert message is not None
         assert message.utterance_id == "old" and message.text == ""
         assert "were overwritten" in message.error
+
+        def transcript_of(utterance_id: str, lease: SlotLease) -> Transcript:
+            client.submit(UtteranceReady(utterance_id=utterance_id, call_id="c", slot=lease.slot,
+                                         generation=lease.generation, start_sample=0, end_sample=16000,
+                                         eos_at=time.time()))
+            while True:
+                message = sub.recv(timeout_ms=60000)
+                assert message is not None
+                if isinstance(message, Transcript) and message.utterance_id == utterance_id:
+                    return message
+
+        # The caller hung up (slot freed) before the ASR read the last utterance: still read.
+        ended = sup.rings.allocate()
+        sup.rings.write_silence(ended, 16000)
+        sup.rings.free(ended)
+        assert transcript_of("last-words", ended).error == ""
+        # Once the slot serves another call, the old range is refused, never read as the new audio.
+        while (reused := sup.rings.allocate()).slot != ended.slot:
+            pass
+        sup.rings.write_silence(reused, 16000)
+        assert "is gone" in transcript_of("stale", ended).error
         assert sup.children["asr-0"].restarts == 0

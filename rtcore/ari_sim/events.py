@@ -81,12 +81,26 @@ class EventSubscriber:
         return app in self.apps
 
 
+def trim(log: list[Any], limit: int | None) -> int:
+    """Forget the oldest entries of a log past twice `limit` (down to `limit`); how many went."""
+    if limit is None or len(log) <= 2 * limit:
+        return 0
+    drop = len(log) - limit
+    del log[:drop]
+    return drop
+
+
 class EventHub:
-    def __init__(self, asterisk_id: str, notifier: ChangeNotifier, *, replace_apps: bool = False) -> None:
+    def __init__(self, asterisk_id: str, notifier: ChangeNotifier, *, replace_apps: bool = False,
+                 history_limit: int | None = None) -> None:
         self.asterisk_id = asterisk_id
         self.notifier = notifier
         self.replace_apps = replace_apps
+        # Tests read the whole history; a long load run keeps only the last `history_limit` events
+        # (indices stay absolute: `trimmed` events were forgotten before history[0]).
         self.history: list[Event] = []
+        self.history_limit = history_limit
+        self.trimmed = 0
         self.subscribers: list[EventSubscriber] = []
 
     # --- sockets -------------------------------------------------------------------------------
@@ -131,6 +145,7 @@ class EventHub:
         for app in targets:
             event = self._stamp(event_type, fields, leading or {}, app)
             self.history.append(event)
+            self.trimmed += trim(self.history, self.history_limit)
             for subscriber in self.subscribers:
                 if subscriber.holds(app):
                     self._deliver(subscriber, event)
@@ -160,8 +175,9 @@ class EventHub:
 
         def check() -> Event | None:
             nonlocal cursor
-            while cursor < len(self.history):
-                event = self.history[cursor]
+            cursor = max(cursor, self.trimmed)
+            while cursor < self.trimmed + len(self.history):
+                event = self.history[cursor - self.trimmed]
                 cursor += 1
                 if predicate(event):
                     return event

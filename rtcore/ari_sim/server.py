@@ -34,7 +34,7 @@ from typing import Any, NamedTuple, Self, TypeVar
 from aiohttp import hdrs, web
 
 from rtcore.ari_sim import rest_bridges  # noqa: F401  (registers the bridge, playback and recording handlers)
-from rtcore.ari_sim.events import ChangeNotifier, Event, EventHub, EventSubscriber, encode
+from rtcore.ari_sim.events import ChangeNotifier, Event, EventHub, EventSubscriber, encode, trim
 from rtcore.ari_sim.media import MediaHooks, default_sound_exists
 from rtcore.ari_sim.pbx import SimulatedPbx
 from rtcore.ari_sim.rest import HANDLERS, Reply
@@ -81,19 +81,23 @@ class AriSimulator:
         api_docs: Path | None = None,
         replace_apps: bool = False,
         asterisk_id: str = DEFAULT_ASTERISK_ID,
+        history_limit: int | None = None,
     ) -> None:
         """`playback_duration(media_uri)` gives each media item's length in seconds (default 1 s, a tone
         until stopped); `sounds` says which `sound:` names exist (names, or a predicate; default: all
         but "no-such*"); `hooks` replaces the timing-only media (and then `playback_duration` is unused);
-        `replace_apps=True` makes a newer WebSocket take an application over as Asterisk does."""
+        `replace_apps=True` makes a newer WebSocket take an application over as Asterisk does;
+        `history_limit` bounds the events and requests kept for inspection (None: all, for tests;
+        a long-running embedded PBX keeps the last ones, with absolute `since` indices)."""
         self.app_name = app_name
         self.user = user
         self.password = password
         self.docs = ApiDocs.load(api_docs)
         self.notifier = ChangeNotifier()
-        self.hub = EventHub(asterisk_id, self.notifier, replace_apps=replace_apps)
+        self.hub = EventHub(asterisk_id, self.notifier, replace_apps=replace_apps, history_limit=history_limit)
         self.pbx = SimulatedPbx(self.hub, hooks or MediaHooks(playback_duration), _sound_predicate(sounds))
         self.requests: list[RequestRecord] = []
+        self.requests_trimmed = 0  # forgotten before requests[0] (history_limit)
         self.unknown_params: list[tuple[str, str, str]] = []  # (method, path, name): accepted and ignored
         self._runner: web.AppRunner | None = None
         self._base = ""
@@ -178,11 +182,11 @@ class AriSimulator:
     # --- inspection ----------------------------------------------------------------------------
     @property
     def events(self) -> list[Event]:
-        """Every event emitted, in order, as sent (with its `application`)."""
+        """Every event emitted (the last ones with a history_limit), in order, as sent (with its `application`)."""
         return self.hub.history
 
     def event_types(self, since: int = 0) -> list[str]:
-        return [event["type"] for event in self.hub.history[since:]]
+        return [event["type"] for event in self.hub.history[max(0, since - self.hub.trimmed):]]
 
     def channel(self, channel_id: str) -> Channel | None:
         return self.pbx.channels.get(channel_id)
@@ -225,7 +229,7 @@ class AriSimulator:
     async def wait_for_request(self, predicate: Callable[[RequestRecord], bool], timeout: float = 5.0,
                                since: int = 0) -> RequestRecord:
         def check() -> RequestRecord | None:
-            return next((r for r in self.requests[since:] if predicate(r)), None)
+            return next((r for r in self.requests[max(0, since - self.requests_trimmed):] if predicate(r)), None)
 
         return await self.notifier.wait(check, timeout, lambda: f"last requests: {self.requests[-5:]}")
 
@@ -284,6 +288,7 @@ class AriSimulator:
     def _record(self, request: web.Request, status: int) -> None:
         query = {name: value for name, value in request.query.items() if name != "api_key"}
         self.requests.append(RequestRecord(request.method, request.path, query, status))
+        self.requests_trimmed += trim(self.requests, self.hub.history_limit)
         self.notifier.changed()
 
     async def _events_socket(self, request: web.Request, operation: Operation) -> web.StreamResponse:
