@@ -38,6 +38,13 @@ class SupervisorError(RuntimeError):
     pass
 
 
+# numpy's OpenBLAS starts a thread per core that spins after every call: in an ASR worker (one
+# CTranslate2 thread by design) its small log-mel matmuls kept a BLAS thread busy for 8.8 s of CPU
+# against CTranslate2's 40 s (48 calls). Our processes make small numpy calls, so one BLAS thread
+# each (the operator's environment wins).
+CHILD_ENV_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 @dataclass(frozen=True)
 class ProcessSpec:
     """One child: run as `python -m module`."""
@@ -136,7 +143,7 @@ class Supervisor:
         return LaunchInfo(process=child.spec.name, settings=self.settings, rings=self.rings.spec)
 
     def _spawn(self, child: Child) -> None:
-        env = {**os.environ, **child.spec.env}
+        env = {**CHILD_ENV_DEFAULTS, **os.environ, **child.spec.env}
         # The configuration travels on stdin: no password in argv or the environment.
         proc = subprocess.Popen([sys.executable, "-m", child.spec.module], stdin=subprocess.PIPE,
                                 env=env, preexec_fn=set_parent_death_signal)

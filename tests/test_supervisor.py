@@ -54,6 +54,10 @@ def test_children_start_in_order_and_a_killed_child_is_restarted(make_settings: 
         first, second = sup.children["first"], sup.children["second"]
         assert first.ready and second.ready and first.pid != second.pid
         assert segments(settings.instance) != []
+        # One BLAS thread per child unless the operator says otherwise (spinning threads cost a core).
+        with open(f"/proc/{first.pid}/environ", "rb") as f:
+            child_env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        assert child_env[b"OPENBLAS_NUM_THREADS"] == os.environ.get("OPENBLAS_NUM_THREADS", "1").encode()
         old_pid = second.pid
         os.kill(old_pid, signal.SIGKILL)
         poll_until(sup, lambda: second.ready and second.pid != old_pid)
