@@ -4,8 +4,8 @@ Items of one CTranslate2 batch must share one encoder length, and Whisper needs 
 speech (windows close to the utterance's length make it loop: README, "Window policy"). So each
 utterance goes to the smallest window bucket that leaves `margin_s` after it: buckets run from
 `window_s` up in `step_s` steps to 30 s (CTranslate2's maximum; longer audio is split by the
-engine). Steps are short because on a CPU the encoder's cost grows faster than the window (10 s:
-79 ms, 20 s: 171 ms, 30 s: 476 ms per utterance on our 2-core machine) while batching gains little.
+engine). Steps are short because on a CPU the encoder's cost grows faster than the window (one
+thread, per utterance: 118 ms at 10 s, 310 ms at 20 s, 779 ms at 30 s) while batching gains little.
 A bucket's batch is due when it holds `batch_size` items or its oldest item has waited
 `max_wait_s`; the oldest due batch goes first, and free places in it are filled with the oldest
 waiting items of smaller buckets (padded up, never down, to at most twice their window), which
@@ -41,8 +41,9 @@ class AsrRequest:
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    batch_size: int = 8
-    max_wait_s: float = 0.05
+    # The defaults are rtcore's settings' (README, "Workers and threads on a CPU").
+    batch_size: int = 4
+    max_wait_s: float = 0.01
     window_s: float = 6.0  # the smallest bucket
     margin_s: float = 5.0
     step_s: float = 2.0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from rtcore.batcher import BatchPolicy
 from rtcore.cli import main as cli_main
 from rtcore.config import ConfigError, Settings, load_settings
 
@@ -101,3 +102,7 @@ def test_cli_rejects_bad_flag_with_the_field_named() -> None:
     assert proc.returncode == 2
     assert "max_calls: Input should be a valid integer" in proc.stderr
     assert "--max-calls" in proc.stderr
+
+
+def test_the_batch_policys_defaults_are_the_settings() -> None:
+    assert BatchPolicy.from_settings(Settings()) == BatchPolicy()

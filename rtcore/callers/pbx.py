@@ -263,7 +263,7 @@ class CallerPbx:
             self.reap()
             allowed = concurrent if loop.time() - started >= ramp_s else \
                 max(1, int(concurrent * (loop.time() - started) / ramp_s) + 1)
-            for _ in range(min(min(concurrent, allowed) - len(self.calls), per_tick)):
+            for _ in range(min(concurrent, allowed, len(self.calls) + per_tick) - len(self.calls)):
                 if not more():
                     break
                 await self.place_call()
