@@ -1,5 +1,6 @@
 """Dialog / ARI control process: ARI events, transcripts and speech starts in; prompts, call
-announcements and lead records out (rtcore.calls)."""
+announcements and lead records out (rtcore.calls). Restarted after a crash, it takes back the
+calls in progress (rtcore.call_recovery) as soon as its events WebSocket connects."""
 
 from __future__ import annotations
 
@@ -33,13 +34,13 @@ async def serve(ctx: ProcessContext) -> None:
     script = load_script(s.dialog_script or None)
     intents = intent_source(s)
     rings = AudioRings.attach(ctx.info.rings)
-    store = LeadStore(s.redis_url, s.data_path / "lead-spool.jsonl")
+    store = LeadStore(s.redis_url, s.data_path / "lead-spool.jsonl", call_ttl_s=s.redis_call_ttl_s)
     store.start()
     publisher = Publisher(s.endpoint("bus_pub"))
     subscriber = Subscriber(s.endpoint("bus_sub"), [Transcript, SpeechStarted])
     ari = AriClient(s.ari_base_url, s.ari_user, s.ari_password.get_secret_value(), s.ari_app, s.ari_timeout)
     controller = CallController(ari, script, intents, rings, store, publisher.publish, s.rtp_ip, s.rtp_port,
-                                barge_in=s.dialog_barge_in)
+                                barge_in=s.dialog_barge_in, setup_timeout_s=s.dialog_setup_timeout_s)
 
     def drain_bus() -> None:
         # Edge-triggered ZeroMQ FD: read everything queued at each wake-up.
@@ -68,7 +69,8 @@ async def serve(ctx: ProcessContext) -> None:
                 ctx.report({"calls": float(len(controller.calls)), "completed": float(controller.completed),
                             "failed": float(controller.failed), "ari_connected": float(ari.connected.is_set()),
                             "ari_reconnects": float(ari.reconnects), "redis_connected": float(store.connected),
-                            "redis_backlog": float(store.backlog), "bus_rejected": float(subscriber.rejected)})
+                            "redis_backlog": float(store.backlog), "bus_rejected": float(subscriber.rejected),
+                            **{name: float(n) for name, n in controller.counters.items()}})
     finally:
         loop.remove_reader(bus_fd)
         await controller.close()

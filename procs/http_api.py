@@ -31,6 +31,7 @@ async def serve(ctx: ProcessContext) -> None:
     check_audio_fits(s, ctx.info.rings.capacity)
     rings = AudioRings.attach(ctx.info.rings)
     transcriber = PipelineTranscriber(s, rings)
+    transcriber.release_leftover_slots()  # after a crash of this process: its requests are gone
     runner: web.AppRunner | None = None
     try:
         await transcriber.start(timeout_s=s.start_timeout_s)

@@ -14,7 +14,6 @@ from rtcore.ari_sim import AriSimulator
 from rtcore.callers.pbx import CallerMedia, CallerPbx, load_human_clips
 from rtcore.callers.phrasebook import load_phrasebook
 from rtcore.process import ProcessContext, run_process
-from rtcore.prompts import prompt_durations
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 1.0
@@ -29,10 +28,15 @@ def human_audio_dir(configured: str) -> Path:
 
 async def serve(ctx: ProcessContext) -> None:
     s = ctx.settings
-    durations = prompt_durations(s.prompts_path)
-    media = CallerMedia(lambda uri: durations.get(uri.split(":", 1)[-1], 1.0), s.data_path / "recordings")
+    # The simulator's own Asterisk sounds directory, where launch installed the prompts
+    # (rtcore.callers.prepare): playbacks find, pick and time their files there as Asterisk would.
+    sounds_dir = s.sim_sounds_path
+    if not sounds_dir.is_dir():
+        log.warning("no sounds directory: every prompt will fail (run `rtcore prompts install --sounds-dir %s`)",
+                    sounds_dir)
+    media = CallerMedia(s.data_path / "recordings")
     sim = AriSimulator(app_name=s.ari_app, user=s.ari_user, password=s.ari_password.get_secret_value(), hooks=media,
-                       history_limit=HISTORY_LIMIT)
+                       sounds_dir=sounds_dir, history_limit=HISTORY_LIMIT, seed=s.sim_seed)
     phrasebook = load_phrasebook(s.model_cache_path / "phrasebook")
     pbx = CallerPbx(sim, media, phrasebook, load_human_clips(human_audio_dir(s.sim_audio_dir)), seed=s.sim_seed)
     await sim.start("127.0.0.1", s.sim_ari_port)
@@ -52,7 +56,7 @@ async def serve(ctx: ProcessContext) -> None:
             if now >= next_report:
                 next_report = now + REPORT_EVERY_S
                 ctx.report({"placed": float(pbx.placed), "active": float(len(pbx.calls)),
-                            "finished": float(pbx.finished),
+                            "finished": float(pbx.finished), "declined": float(pbx.declined),
                             "done": float(load is not None and load.done())})
     finally:
         if load is not None:

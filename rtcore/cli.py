@@ -190,12 +190,29 @@ def cmd_transcribe(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_prompts(args: argparse.Namespace, settings: Settings) -> int:
     from rtcore.dialog.script import load_script
-    from rtcore.prompts import build_prompts
+    from rtcore.prompts import build_prompts, install_prompts
 
+    script = load_script(settings.dialog_script or None)
+    if args.prompts_command == "install":
+        sounds_dir = Path(args.sounds_dir)
+        done = install_prompts(script, sounds_dir, settings.prompts_path, settings.tts_command, force=args.force)
+        for r in done.rendered:
+            exts = ",".join(path.suffix.lstrip(".") for path in r.files)
+            print(f"{r.seconds:6.2f} s  {'cached  ' if r.cached else 'rendered'}  {sounds_dir / r.audio}.{{{exts}}}")
+        for path in done.removed:
+            print(f"removed stale {path} (a 16 kHz .wav fails every playback on Asterisk)")
+        for warning in done.warnings:
+            print(f"warning: {warning}")
+        print(f"{len(done.written)} files of {len(done.rendered)} prompts installed in {sounds_dir} "
+              f"({sum(not r.cached for r in done.rendered)} rendered, {len(done.removed)} stale removed)")
+        if done.remote_hint():
+            print(done.remote_hint())
+        return 0
     out = Path(args.out) if args.out else settings.prompts_path
-    rendered = build_prompts(load_script(settings.dialog_script or None), out, settings.tts_command, force=args.force)
+    rendered = build_prompts(script, out, settings.tts_command, force=args.force)
     for r in rendered:
-        print(f"{r.seconds:6.2f} s  {'cached  ' if r.cached else 'rendered'}  {r.path}")
+        exts = ",".join(path.suffix.lstrip(".") for path in r.files)
+        print(f"{r.seconds:6.2f} s  {'cached  ' if r.cached else 'rendered'}  {out / r.audio}.{{{exts}}}")
     print(f"{len(rendered)} prompts in {out} ({sum(not r.cached for r in rendered)} rendered)")
     return 0
 
@@ -338,12 +355,21 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--json", action="store_true", help="one JSON object per file")
     segment.set_defaults(func=cmd_segment)
 
-    prompts = sub.add_parser("prompts", help="render the dialog's prompts to audio")
+    prompts = sub.add_parser("prompts", help="render the dialog's prompts to audio and install them for Asterisk")
     prompts_sub = prompts.add_subparsers(dest="prompts_command", required=True)
-    build = prompts_sub.add_parser("build", help="render every prompt to 16 kHz WAV (and .sln16) with the TTS command")
+    build = prompts_sub.add_parser("build", help="render every prompt to .sln16 (16 kHz), .ulaw and .alaw (8 kHz) "
+                                                 "with the TTS command and sox")
     build.add_argument("--out", metavar="DIR", help="output directory (default: prompts_dir)")
     build.add_argument("--force", action="store_true", help="render again even if unchanged")
     build.set_defaults(func=cmd_prompts)
+    install = prompts_sub.add_parser(
+        "install", help="render (cached in prompts_dir) and install every prompt into Asterisk's sounds directory "
+                        "as <DIR>/rtcore/<name>.sln16|.ulaw|.alaw, removing stale .wav files")
+    install.add_argument("--sounds-dir", required=True, metavar="DIR",
+                         help="Asterisk's sounds directory, e.g. /var/lib/asterisk/sounds")
+    install.add_argument("--force", action="store_true", help="render again even if unchanged")
+    install.set_defaults(func=cmd_prompts)
+    _add_setting_flags(install)
 
     leads = sub.add_parser("leads", help="the qualified leads stored in Redis")
     leads_sub = leads.add_subparsers(dest="leads_command", required=True)

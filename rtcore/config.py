@@ -83,9 +83,11 @@ class Settings(BaseModel):
     # --- ARI / Asterisk -----------------------------------------------------------------------
     ari_url: str = Field("", description="Asterisk ARI base URL, e.g. http://127.0.0.1:8088/ari; empty: the embedded simulator.")
     ari_user: str = "rtcore"
-    ari_password: SecretStr = Field(SecretStr("rtcore"), description="Never logged.")
+    ari_password: SecretStr = Field(SecretStr("rtcore"), description="Never logged; keep it off the command line: RTCORE_ARI_PASSWORD, the config file, or ari_password_file.")
+    ari_password_file: str = Field("", description="A file whose first line is the ARI password (e.g. mode 600, or a systemd credential); instead of ari_password.")
     ari_app: str = Field("rtcore", pattern=r"^[A-Za-z0-9_.-]+$")
     ari_timeout: float = Field(5.0, gt=0)
+    ari_wait: float = Field(0.0, ge=0.0, le=3600.0, description="Seconds `rtcore launch` keeps trying to reach an Asterisk that is not answering yet (still starting); a wrong URL or password stops it at once.")
     sim_ari_port: int = Field(8088, ge=1, le=65535, description="Port of the embedded ARI simulator (when ari_url is empty).")
     sim_calls: int = Field(4, ge=0, le=1000, description="Simulated calls kept in progress by the embedded PBX (launch --calls).")
     sim_total_calls: int = Field(0, ge=0, description="Stop placing calls after this many (launch --total-calls); 0: no limit.")
@@ -95,12 +97,14 @@ class Settings(BaseModel):
 
     # --- dialog ------------------------------------------------------------------------------
     dialog_script: str = Field("", description="The conversation (YAML); empty: the shipped rtcore/dialog/script.yaml.")
+    dialog_setup_timeout_s: float = Field(5.0, gt=0.0, le=60.0, description="How long a call's snoop and externalMedia channels may take to enter the Stasis application (Asterisk adds them asynchronously) before its set-up fails.")
     dialog_barge_in: bool = Field(True, description="The caller may interrupt the bot (SpeechStarted stops the prompt); false: ignored while the bot speaks, as the seed.")
-    prompts_dir: str = Field("", description="Rendered prompt WAVs (rtcore prompts build); empty: <data_dir>/sounds.")
-    tts_command: str = Field("espeak-ng -v fr+f3 -s 150 --stdin -w {out}", description="Renders one prompt: French text on stdin, a WAV written to {out} (resampled to 16 kHz by sox).")
+    prompts_dir: str = Field("", description="Rendered prompts, .sln16/.ulaw/.alaw (rtcore prompts build; the cache of prompts install); empty: <data_dir>/prompts.")
+    tts_command: str = Field("espeak-ng -v fr+f3 -s 150 --stdin -w {out}", description="Renders one prompt: French text on stdin, a WAV written to {out} (converted by sox to .sln16, .ulaw and .alaw).")
 
     # --- Redis --------------------------------------------------------------------------------
     redis_url: str = Field("", description="redis:// or unix:// URL; empty: a private redis-server started by `rtcore launch`.")
+    redis_call_ttl_s: float = Field(3600.0, ge=60.0, description="Per-call working keys (rtcore:call:<id>...) expire this long after the call's last change; leads never expire.")
 
     # --- intents ------------------------------------------------------------------------------
     intent_main_url: str = Field("", description="Seed-compatible intent API (main intents); empty: the embedded classifier.")
@@ -167,7 +171,12 @@ class Settings(BaseModel):
 
     @property
     def prompts_path(self) -> Path:
-        return Path(self.prompts_dir) if self.prompts_dir else self.data_path / "sounds"
+        return Path(self.prompts_dir) if self.prompts_dir else self.data_path / "prompts"
+
+    @property
+    def sim_sounds_path(self) -> Path:
+        """The embedded PBX's own "Asterisk sounds directory" (launch installs the prompts there)."""
+        return self.data_path / "sounds"
 
     @property
     def model_cache_path(self) -> Path:
@@ -258,10 +267,27 @@ def load_settings(
         for name, value in layer.items():
             merged[name] = value
             sources[name] = origin
+    if merged.get("ari_password_file"):
+        if "ari_password" in merged:
+            raise ConfigError(f"invalid configuration:\n  ari_password_file: set either it or ari_password, not both "
+                              f"(ari_password from {sources['ari_password']}, ari_password_file from "
+                              f"{sources['ari_password_file']})")
+        merged["ari_password"] = _read_secret(str(merged["ari_password_file"]), sources["ari_password_file"])
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, merged, sources)) from None
+
+
+def _read_secret(path: str, origin: str) -> str:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"invalid configuration:\n  ari_password_file: cannot read {path}: "
+                          f"{getattr(exc, 'strerror', None) or exc} (from {origin})") from None
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"invalid configuration:\n  ari_password_file: {path} is empty (from {origin})")
+    return lines[0].strip()
 
 
 def _describe(exc: ValidationError, merged: Mapping[str, Any], sources: Mapping[str, str]) -> str:

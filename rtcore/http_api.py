@@ -42,7 +42,7 @@ from rtcore.audio import SAMPLE_RATE, AudioError, float_to_pcm16, load_audio, me
 from rtcore.bus import AsrClient, Publisher, Subscriber
 from rtcore.config import Settings
 from rtcore.messages import Transcript, UtteranceReady
-from rtcore.ring import AudioRings, NoFreeSlotError
+from rtcore.ring import AudioRings, NoFreeSlotError, SlotOwner
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,15 @@ class PipelineTranscriber:
         self._asr.close()
         self._transcripts.close()
 
+    def release_leftover_slots(self) -> int:
+        """Free the slots an earlier HTTP API process held when it died: its requests died with it."""
+        leftovers = self.rings.in_use(SlotOwner.HTTP)
+        for lease in leftovers:
+            self.rings.free(lease)
+        if leftovers:
+            log.warning("freed %d audio slots held by a previous HTTP API process", len(leftovers))
+        return len(leftovers)
+
     def health(self) -> dict[str, Any]:
         return {"free_slots": self.rings.spec.n_slots - len(self.rings.in_use())}
 
@@ -195,7 +204,7 @@ class PipelineTranscriber:
         if n > self.rings.spec.capacity:  # the app checks the limit first; this guards the ring
             raise PayloadTooLarge(f"audio of {n / SAMPLE_RATE:.1f} s does not fit in a ring slot")
         try:
-            lease = self.rings.allocate()
+            lease = self.rings.allocate(SlotOwner.HTTP)
         except NoFreeSlotError:
             raise ServiceBusy(f"all {self.rings.spec.n_slots} audio slots are in use (calls and "
                               "transcriptions); retry later") from None

@@ -36,15 +36,74 @@ def simulated_load_settings(settings: Settings, calls: int | None, total_calls: 
     return settings
 
 
+def check_asterisk_first(settings: Settings) -> None:
+    """The configured Asterisk answers, accepts our credentials and has every prompt (LaunchError if not)."""
+    import asyncio
+
+    from rtcore.ari.preflight import PreflightError, check_asterisk
+    from rtcore.dialog.script import load_script
+
+    script = load_script(settings.dialog_script or None)
+    try:
+        check = asyncio.run(check_asterisk(settings.ari_url, settings.ari_user,
+                                           settings.ari_password.get_secret_value(), settings.ari_app, script,
+                                           settings.ari_timeout, settings.ari_wait))
+    except PreflightError as exc:
+        raise LaunchError(str(exc)) from None
+    for warning in check.warnings:
+        log.warning("%s", warning)
+    log.info("Asterisk %s at %s: credentials accepted, %d prompts installed", check.version, settings.ari_url,
+             check.prompts)
+
+
+def left_behind(supervisor: Any, wait_s: float = 5.0) -> dict[str, int]:
+    """Once every call has ended: what is still held, which should be nothing: call slots in the
+    rings, and our channels and bridges in the (embedded) Asterisk. Clean-up of the last calls runs
+    just after their end, so this waits up to `wait_s` for it."""
+    import asyncio
+
+    from rtcore.ari.client import AriClient, AriError
+    from rtcore.call_recovery import take_inventory
+    from rtcore.ring import SlotOwner
+
+    s = supervisor.settings
+
+    async def count() -> dict[str, int]:
+        async with AriClient(s.ari_base_url, s.ari_user, s.ari_password.get_secret_value(), s.ari_app, 5.0) as ari:
+            inventory = take_inventory(s.ari_app, await ari.channels(), await ari.bridges())
+        helpers = [h for hs in inventory.helpers.values() for h in hs]
+        return {"call_slots": len(supervisor.rings.in_use(SlotOwner.CALL)) if supervisor.rings else 0,
+                "calls": len(inventory.callers), "channels": sum(not h.endswith("-bridge") for h in helpers),
+                "bridges": sum(h.endswith("-bridge") for h in helpers)}
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            counts = asyncio.run(count())
+        except AriError as exc:
+            log.warning("cannot count what the run left behind: %s", exc)
+            return {}
+        if not any(counts.values()) or time.monotonic() >= deadline:
+            return counts
+        time.sleep(0.2)
+
+
 def run_launch(settings: Settings, calls: int | None = None, total_calls: int | None = None,
                duration_s: float | None = None, should_stop: Callable[[], bool] = lambda: False,
                progress: Callable[[str], None] | None = None, progress_every_s: float = 5.0) -> dict[str, Any]:
     """Run until the simulated load is done (every call placed and ended), `should_stop()`, or,
     against a real Asterisk, `duration_s`; returns the report (rtcore.report)."""
+    # Before any model is loaded: what is missing or misconfigured stops us within seconds.
+    if not settings.redis_url:
+        from rtcore.redis_server import require_redis_server
+
+        require_redis_server()
+    if settings.ari_url:
+        check_asterisk_first(settings)
     from procs import pipeline
     from rtcore.bus import Subscriber
     from rtcore.leads import read_leads
-    from rtcore.messages import Transcript, TurnTaken, UtteranceReady
+    from rtcore.messages import CallEnded, CallStarted, Transcript, TurnTaken, UtteranceReady
     from rtcore.metrics import serve_metrics
     from rtcore.models import whisper_model_dir
     from rtcore.report import CpuMeter, LoadCollector, build_report, percentiles
@@ -71,7 +130,7 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
             cleanups.append(stop_metrics)
             log.info("Prometheus metrics on http://%s:%d/metrics", settings.http_host, settings.metrics_port)
         collector = LoadCollector(Subscriber(supervisor.settings.endpoint("bus_sub"),
-                                             [UtteranceReady, Transcript, TurnTaken]))
+                                             [CallStarted, CallEnded, UtteranceReady, Transcript, TurnTaken]))
         cleanups.append(collector.subscriber.close)
         cpu = CpuMeter()
         started = time.monotonic()
@@ -85,10 +144,10 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
             now = time.monotonic()
             if progress is not None and now >= next_progress[0]:
                 next_progress[0] = now + progress_every_s
-                m = pbx.metrics if pbx else {}
                 t, r = percentiles(collector.eos_to_transcript), percentiles(collector.eos_to_reply)
-                progress(f"[{now - started:6.0f} s] calls active {m.get('active', 0):.0f}, finished "
-                         f"{m.get('finished', 0):.0f} | eos->transcript p50 {t['p50']:.0f} p95 {t['p95']:.0f} ms | "
+                # Counted from the dialog's CallStarted/CallEnded: the same for any PBX.
+                progress(f"[{now - started:6.0f} s] calls active {collector.calls_active}, finished "
+                         f"{len(collector.calls_ended)} | eos->transcript p50 {t['p50']:.0f} p95 {t['p95']:.0f} ms | "
                          f"eos->reply p50 {r['p50']:.0f} p95 {r['p95']:.0f} ms")
             if should_stop() or now >= deadline:
                 return True
@@ -107,7 +166,10 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
         finally:
             client.close()
         workers = [c.metrics for name, c in supervisor.children.items() if name.startswith("asr-")]
-        return build_report(collector, leads, workers, cpu.percent())
+        report = build_report(collector, leads, workers, cpu.percent())
+        if simulated and pbx is not None and pbx.metrics.get("done"):
+            report["left_behind"] = left_behind(supervisor)
+        return report
     finally:
         for cleanup in cleanups:
             cleanup()

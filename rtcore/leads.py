@@ -1,11 +1,14 @@
 """Call state and lead records in Redis, written so that a Redis outage loses nothing.
 
 Keys (prefix `rtcore:`):
-- `call:<id>`          hash: the call's live state (dialog state JSON, slot, started_at); expires
-                       an hour after the call ends;
-- `call:<id>:bot_speaking` "1"/"0" while the bot speaks on that call, and `bot_speaking` (no
-                       prefix, the seed's global flag: "1" while the bot speaks on any call);
-- `lead:<id>`          the lead record (JSON, rewritten whole at each change: idempotent);
+- `call:<id>`          hash: the call's working state (dialog state JSON, ring slot and generation,
+                       RTP source, helper channels, playbacks): what a restarted dialog process needs
+                       to resume the call. Its TTL (`redis_call_ttl_s`) is renewed at every write, so
+                       it expires that long after the call's last change;
+- `call:<id>:bot_speaking` "1"/"0" while the bot speaks on that call (same TTL), and `bot_speaking`
+                       (no prefix, the seed's global flag: "1" while the bot speaks on any call);
+- `calls:active`       set of the ids of the calls in progress (removed when a call ends);
+- `lead:<id>`          the lead record (JSON, rewritten whole at each change: idempotent); never expires;
 - `leads`              sorted set of lead ids by call start time.
 
 Every write is an idempotent operation queued to a writer task. If Redis is unreachable the
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "rtcore:"
 GLOBAL_BOT_SPEAKING = "bot_speaking"  # the seed's key, kept for compatibility
+ACTIVE_CALLS = f"{PREFIX}calls:active"
 CALL_TTL_S = 3600
 
 
@@ -45,7 +49,7 @@ class Turn:
     transcript: str = ""
     intent: str = ""
     score: float = 0.0
-    source: str = "speech"  # speech | dtmf | silence
+    source: str = "speech"  # speech | dtmf | silence | noise | resume
     latency_ms: dict[str, float] = field(default_factory=dict)  # eos_to_transcript, eos_to_reply, ...
 
 
@@ -61,6 +65,10 @@ class Lead:
     callback: bool | None = None
     slot: dict[str, Any] | None = None
     outcome: str = ""  # qualified | not_eligible | refused | abandoned | error
+    end_reason: str = ""  # who or what ended the call: "caller hung up", "bot hung up", ...
+    # The call's recording, both directions, as Asterisk names it: <name>.<format> in Asterisk's
+    # spool/asterisk/recording/ on the Asterisk host (ARI: GET /recordings/stored/<name>/file).
+    recording: str = ""
     turns: list[Turn] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -69,18 +77,33 @@ class Lead:
     @classmethod
     def from_json(cls, text: str | bytes) -> "Lead":
         data = json.loads(text)
-        data["turns"] = [Turn(**t) for t in data.get("turns", [])]
-        return cls(**data)
+        turn_fields = set(Turn.__dataclass_fields__)
+        data["turns"] = [Turn(**{k: v for k, v in t.items() if k in turn_fields}) for t in data.get("turns", [])]
+        # A lead written by another version of rtcore may carry fields this one does not know.
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-Op = list[Any]  # ["set", key, value, ttl_or_0] | ["hset", key, {field: value}, ttl_or_0] | ["zadd", key, score, member]
+@dataclass
+class CallRecord:
+    """What Redis holds of a call in progress: its working state (decoded) and its lead."""
+
+    call_id: str
+    state: dict[str, Any]
+    lead: Lead | None
+
+
+# ["set", key, value, ttl_or_0] | ["hset", key, {field: value}, ttl_or_0] | ["zadd", key, score, member]
+# | ["sadd", key, member] | ["srem", key, member]
+Op = list[Any]
 
 
 class LeadStore:
-    def __init__(self, redis_url: str, spool_path: Path, retry_max_s: float = 5.0) -> None:
+    def __init__(self, redis_url: str, spool_path: Path, retry_max_s: float = 5.0,
+                 call_ttl_s: float = CALL_TTL_S) -> None:
         self.redis_url = redis_url
         self.spool_path = Path(spool_path)
         self.retry_max_s = retry_max_s
+        self.call_ttl_s = int(call_ttl_s)
         self._client: aioredis.Redis = aioredis.Redis.from_url(redis_url, socket_timeout=2.0,
                                                                socket_connect_timeout=2.0)
         self._queue: deque[Op] = deque()
@@ -97,15 +120,18 @@ class LeadStore:
         self._push(["zadd", f"{PREFIX}leads", lead.started_at, lead.call_id])
 
     def save_call_state(self, call_id: str, fields: dict[str, Any], ended: bool = False) -> None:
-        encoded = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in fields.items()}
-        self._push(["hset", f"{PREFIX}call:{call_id}", encoded, CALL_TTL_S if ended else 0])
+        """The call's working state; `ended` takes it off the active set (the hash then expires)."""
+        # Every field JSON-encoded, strings included, so that reading back restores the types.
+        encoded = {k: json.dumps(v, ensure_ascii=False) for k, v in {**fields, "ended": ended}.items()}
+        self._push(["hset", f"{PREFIX}call:{call_id}", encoded, self.call_ttl_s])
+        self._push(["srem" if ended else "sadd", ACTIVE_CALLS, call_id])
 
     def set_bot_speaking(self, call_id: str, speaking: bool) -> None:
         if speaking:
             self._speaking.add(call_id)
         else:
             self._speaking.discard(call_id)
-        self._push(["set", f"{PREFIX}call:{call_id}:bot_speaking", "1" if speaking else "0", CALL_TTL_S])
+        self._push(["set", f"{PREFIX}call:{call_id}:bot_speaking", "1" if speaking else "0", self.call_ttl_s])
         self._push(["set", GLOBAL_BOT_SPEAKING, "1" if self._speaking else "0", 0])
 
     @property
@@ -119,6 +145,44 @@ class LeadStore:
     # --- the writer ---------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="lead-store-writer")
+        self._wake.set()  # a spool left by an earlier process is replayed at once
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until every write so far (and any spool) reached Redis; False if not within timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue or self.spool_path.exists() or not self.connected:
+            if time.monotonic() >= deadline:
+                return False
+            self._wake.set()
+            await asyncio.sleep(0.02)
+        return True
+
+    async def load_active_calls(self) -> list[CallRecord]:
+        """The calls Redis says are in progress, with their state and lead (read directly, not
+        queued: a restarted dialog process reads what its predecessor wrote). Raises RedisError
+        or OSError when Redis cannot be read."""
+        ids = sorted(m.decode() if isinstance(m, bytes) else str(m)
+                     for m in await self._client.smembers(ACTIVE_CALLS))  # type: ignore[misc]
+        records = []
+        for call_id in ids:
+            raw_state = await self._client.hgetall(f"{PREFIX}call:{call_id}")  # type: ignore[misc]
+            state: dict[str, Any] = {}
+            for key, value in raw_state.items():
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                text = value.decode() if isinstance(value, bytes) else str(value)
+                try:
+                    state[name] = json.loads(text)
+                except ValueError:
+                    log.warning("call %s: unreadable field %r in Redis", call_id, name)
+            raw_lead = await self._client.get(f"{PREFIX}lead:{call_id}")
+            lead = None
+            if raw_lead is not None:
+                try:
+                    lead = Lead.from_json(raw_lead)
+                except (ValueError, TypeError) as exc:
+                    log.error("call %s: unreadable lead in Redis (%s)", call_id, exc)
+            records.append(CallRecord(call_id, state, lead))
+        return records
 
     async def close(self, flush_timeout_s: float = 5.0) -> None:
         """Write what is queued (or spool it if Redis is away), then stop."""
@@ -178,6 +242,10 @@ class LeadStore:
                     pipe.expire(op[1], op[3])
             elif kind == "zadd":
                 pipe.zadd(op[1], {op[3]: op[2]})
+            elif kind == "sadd":
+                pipe.sadd(op[1], op[2])
+            elif kind == "srem":
+                pipe.srem(op[1], op[2])
         await pipe.execute()
         self.written += len(ops)
 
@@ -211,7 +279,7 @@ def read_leads(client: Any) -> Iterable[Lead]:
 
 
 CSV_COLUMNS = ["call_id", "caller", "started_at", "ended_at", "outcome", "zip_code", "owner", "heating", "callback",
-               "slot_day", "slot_period", "turns"]
+               "slot_day", "slot_period", "turns", "end_reason", "recording"]
 
 
 def export_leads(leads: Iterable[Lead], fmt: str) -> str:
@@ -226,7 +294,8 @@ def export_leads(leads: Iterable[Lead], fmt: str) -> str:
         slot = lead.slot or {}
         writer.writerow([lead.call_id, lead.caller, _iso(lead.started_at), _iso(lead.ended_at), lead.outcome,
                          lead.zip_code or "", _yes_no(lead.owner), lead.heating or "", _yes_no(lead.callback),
-                         slot.get("day", ""), slot.get("period", ""), len(lead.turns)])
+                         slot.get("day", ""), slot.get("period", ""), len(lead.turns), lead.end_reason,
+                         lead.recording])
     return out.getvalue()
 
 

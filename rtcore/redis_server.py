@@ -23,6 +23,14 @@ class RedisServerError(RuntimeError):
     pass
 
 
+def require_redis_server(executable: str = "redis-server") -> str:
+    """The path of redis-server; RedisServerError saying what to install when it is missing."""
+    exe = shutil.which(executable)
+    if exe is None:
+        raise RedisServerError(INSTALL_HINT)
+    return exe
+
+
 class PrivateRedis:
     def __init__(self, run_dir: Path, data_dir: Path, executable: str = "redis-server") -> None:
         self.run_dir = Path(run_dir)
@@ -40,9 +48,7 @@ class PrivateRedis:
         return self._proc.pid if self._proc else None
 
     def start(self, timeout_s: float = 10.0) -> "PrivateRedis":
-        exe = shutil.which(self.executable)
-        if exe is None:
-            raise RedisServerError(INSTALL_HINT)
+        exe = require_redis_server(self.executable)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)

@@ -1,9 +1,11 @@
 """What a `rtcore launch` run measured: calls, outcomes, utterances, latencies, batching, CPU.
 
-The collector listens on the bus (UtteranceReady from the VAD, Transcript from the ASR, TurnTaken
-from the dialog), so latencies are those of the real pipeline: eos = the end of the caller's
-speech as cut by the VAD, transcript = the moment the transcript reaches the bus, reply = the
-bot's next playback request. Call outcomes come from the lead records in Redis.
+The collector listens on the bus (CallStarted/CallEnded and TurnTaken from the dialog,
+UtteranceReady from the VAD, Transcript from the ASR), so calls are counted as the dialog handled
+them, whatever the PBX (a real Asterisk or the embedded one), and latencies are those of the real
+pipeline: eos = the end of the caller's speech as cut by the VAD, transcript = the moment the
+transcript reaches the bus, reply = the bot's next playback request. Call outcomes come from the
+lead records in Redis.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import psutil
 
 from rtcore.bus import Subscriber
 from rtcore.leads import Lead
-from rtcore.messages import Transcript, TurnTaken, UtteranceReady
+from rtcore.messages import CallEnded, CallStarted, Transcript, TurnTaken, UtteranceReady
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -43,11 +45,17 @@ class LoadCollector:
     queue_ms: list[float] = field(default_factory=list)  # at the worker, before its batch ran
     inference_ms: list[float] = field(default_factory=list)  # the batch's features + generate
     windows: Counter[float] = field(default_factory=Counter)
+    calls_started: set[str] = field(default_factory=set)  # CallStarted is repeated: a set of ids
+    calls_ended: set[str] = field(default_factory=set)
 
     def poll(self) -> None:
         now = time.time()
         for message in self.subscriber.drain():
-            if isinstance(message, UtteranceReady):
+            if isinstance(message, CallStarted):
+                self.calls_started.add(message.call_id)
+            elif isinstance(message, CallEnded):
+                self.calls_ended.add(message.call_id)
+            elif isinstance(message, UtteranceReady):
                 self.utterances.add(message.utterance_id)
             elif isinstance(message, Transcript) and message.call_id != "http":
                 if message.error:
@@ -64,6 +72,10 @@ class LoadCollector:
                     self.windows[message.window_s] += 1
             elif isinstance(message, TurnTaken) and message.eos_to_reply_ms > 0:
                 self.eos_to_reply.append(message.eos_to_reply_ms)
+
+    @property
+    def calls_active(self) -> int:
+        return len(self.calls_started - self.calls_ended)
 
     @property
     def pending(self) -> int:
@@ -137,6 +149,8 @@ def format_report(report: dict[str, Any]) -> str:
         "latency ms (p50 / p95 / max): eos->transcript {p50} / {p95} / {max}".format(**lat["eos_to_transcript"])
         + ", eos->reply {p50} / {p95} / {max}".format(**lat["eos_to_reply"]),
         f"CPU {report['cpu_percent']} % of one core",
+        *([("left behind: " + ", ".join(f"{k} {v}" for k, v in report["left_behind"].items()))]
+          if report.get("left_behind") else []),
     ])
 
 

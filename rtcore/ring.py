@@ -24,6 +24,7 @@ import fcntl
 import logging
 import os
 from contextlib import contextmanager
+import enum
 from dataclasses import dataclass
 import _posixshmem
 from multiprocessing import resource_tracker, shared_memory
@@ -37,9 +38,11 @@ from rtcore.audio import pcm16_to_float
 log = logging.getLogger(__name__)
 
 SAMPLE_DTYPE = np.dtype(np.int16)
-HEADER_WORDS = 5
+HEADER_WORDS = 6
 # Header word indices. _FREED orders freed slots (0: never used): the oldest is reused first.
-_GENERATION, _RESERVED, _CURSOR, _STATE, _FREED = range(HEADER_WORDS)
+# _OWNER says which kind of process allocated the slot (SlotOwner), so that a restarted process
+# can free what its dead predecessor held without touching the others' slots.
+_GENERATION, _RESERVED, _CURSOR, _STATE, _FREED, _OWNER = range(HEADER_WORDS)
 _FREE, _IN_USE = 0, 1
 # The header is padded to a page so that sample rings start page-aligned.
 _PAGE = 4096
@@ -82,6 +85,13 @@ class RingSpec:
     @property
     def total_bytes(self) -> int:
         return self.header_bytes + self.n_slots * self.capacity * SAMPLE_DTYPE.itemsize
+
+
+class SlotOwner(enum.IntEnum):
+    """Who allocated a slot: the call controller (dialog) or the HTTP API (one request each)."""
+
+    CALL = 1
+    HTTP = 2
 
 
 @dataclass(frozen=True)
@@ -164,7 +174,7 @@ class AudioRings:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def allocate(self) -> SlotLease:
+    def allocate(self, owner: SlotOwner = SlotOwner.CALL) -> SlotLease:
         with self._locked():
             free = np.flatnonzero(self._header[:, _STATE] == _FREE)
             if free.size == 0:
@@ -172,6 +182,7 @@ class AudioRings:
             slot = int(free[np.argmin(self._header[free, _FREED])])  # first minimum: lowest index
             row = self._header[slot]
             row[_STATE] = _IN_USE
+            row[_OWNER] = int(owner)
             row[_GENERATION] += 1
             row[_CURSOR] = 0
             row[_RESERVED] = 0
@@ -186,9 +197,19 @@ class AudioRings:
             row[_FREED] = int(self._header[:, _FREED].max()) + 1
             row[_STATE] = _FREE
 
-    def in_use(self) -> list[SlotLease]:
-        rows = np.flatnonzero(self._header[:, _STATE] == _IN_USE)
-        return [SlotLease(int(s), int(self._header[s, _GENERATION])) for s in rows]
+    def in_use(self, owner: SlotOwner | None = None) -> list[SlotLease]:
+        """The slots in use (by `owner` only, if given)."""
+        taken = self._header[:, _STATE] == _IN_USE
+        if owner is not None:
+            taken &= self._header[:, _OWNER] == int(owner)
+        return [SlotLease(int(s), int(self._header[s, _GENERATION])) for s in np.flatnonzero(taken)]
+
+    def holds(self, lease: SlotLease) -> bool:
+        """Whether `lease` is still the slot's current allocation (in use, same generation)."""
+        if not 0 <= lease.slot < self.spec.n_slots:
+            return False
+        row = self._header[lease.slot]
+        return bool(row[_STATE] == _IN_USE and int(row[_GENERATION]) == lease.generation)
 
     # --- writer -------------------------------------------------------------------------------
     def write(self, lease: SlotLease, samples: npt.ArrayLike) -> int:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import re
 import socket
+import wave
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +27,7 @@ import aiohttp
 import pytest
 
 from rtcore.ari_sim import AriSimulator, MediaHooks, StasisAppNotRegistered
+from rtcore.ari_sim.sounds import find_sound
 from rtcore.ari_sim.state import Bridge, Channel, Playback, PlaybackState
 from rtcore.ari_sim.swagger import SHARED_API_DOCS, VENDORED_API_DOCS, ApiDocs, vendor_api_docs
 
@@ -48,6 +51,11 @@ def require_traces() -> None:
 def about(event_type: str, channel_id: str) -> Callable[[dict[str, Any]], bool]:
     """Matches an event of `event_type` about channel `channel_id`."""
     return lambda event: event["type"] == event_type and event.get("channel", {}).get("id") == channel_id
+
+
+def playback_event(event_type: str, playback_id: str) -> Callable[[dict[str, Any]], bool]:
+    """Matches an event of `event_type` about playback `playback_id`."""
+    return lambda event: event["type"] == event_type and event.get("playback", {}).get("id") == playback_id
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -373,6 +381,155 @@ async def test_playback_durations_end_media_by_themselves(http: aiohttp.ClientSe
         await reader.close()
 
 
+# --- sounds: files as Asterisk finds them, GET /sounds, failures on demand ----------------------------
+async def test_failing_playbacks_on_demand(sim: AriSimulator, http: aiohttp.ClientSession) -> None:
+    reader = await connect(http, sim)
+    caller = await sim.place_call()
+    sim.fail_playbacks(lambda uri: uri == "sound:broken", times=2)
+    for n in range(2):
+        await call(http, sim, "POST", f"/channels/{caller}/play", media="sound:broken", playbackId=f"f{n}")
+        failed = await reader.match(playback_event("PlaybackFinished", f"f{n}"))
+        assert failed["playback"]["state"] == "failed"
+        assert [e["type"] for e in reader.events if e.get("playback", {}).get("id") == f"f{n}"] == [
+            "PlaybackStarted", "PlaybackFinished"]
+    # Used up: it plays. A failed item that is not the last lets the list go on, as Asterisk does.
+    sim.fail_playbacks(lambda uri: uri == "sound:first")
+    await call(http, sim, "POST", f"/channels/{caller}/play", media="sound:first,sound:broken", playbackId="list")
+    await reader.match(lambda e: e["type"] == "PlaybackStarted" and e["playback"]["media_uri"] == "sound:broken")
+    await sim.finish_media("list")
+    done = await reader.match(lambda e: e["type"] == "PlaybackFinished" and e["playback"]["id"] == "list")
+    assert done["playback"]["state"] == "done"
+    assert [e["type"] for e in reader.events if e.get("playback", {}).get("id") == "list"] == [
+        "PlaybackStarted", "PlaybackContinuing", "PlaybackStarted", "PlaybackFinished"]
+    await reader.close()
+
+
+def write_sounds(root: Path, files: dict[str, bytes | tuple[int, int]]) -> None:
+    """Files under a sounds directory: raw bytes, or (samples, rate) for a silent 16-bit mono WAV."""
+    for relative, content in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, tuple):
+            samples, rate = content
+            with wave.open(str(path), "wb") as wav:
+                wav.setnchannels(1)
+                wav.setsampwidth(2)
+                wav.setframerate(rate)
+                wav.writeframes(bytes(2 * samples))
+        else:
+            path.write_bytes(content)
+
+
+def test_sound_files_are_found_picked_and_opened_as_asterisk_does(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    write_sounds(tmp_path, {
+        "fr/greet.ulaw": bytes(800), "greet.ulaw": bytes(1600), "en/greet.alaw": bytes(2400),
+        "en/only-en.ulaw": bytes(800),
+        "c/p.ulaw": bytes(4000), "c/p.alaw": bytes(4000), "c/p.sln16": bytes(16000),
+        "w/narrow.wav": (4000, 8000), "w/wide.wav16": (8000, 16000), "w/bad.wav16": (4000, 8000),
+        "w/both.wav": (16000, 16000), "w/both.sln16": bytes(32000),
+    })
+
+    def found(name: str, language: str = "en", codec: str = "ulaw") -> tuple[str, float] | None:
+        sound = find_sound(tmp_path, name, language, codec)
+        return None if sound is None else (sound.path.relative_to(tmp_path).as_posix(), sound.seconds)
+
+    # The channel's language, then without its dialect, then no language, then en.
+    assert found("greet", "fr") == found("greet", "fr_CA") == ("fr/greet.ulaw", 0.1)
+    assert found("greet", "de") == ("greet.ulaw", 0.2)
+    assert found("greet", "en") == ("en/greet.alaw", 0.3)
+    assert found("only-en", "de") == ("en/only-en.ulaw", 0.1)
+    assert found("nothing") is None
+    # The caller's own codec when the file has it, else the cheapest translation.
+    assert found("c/p", codec="ulaw") == ("c/p.ulaw", 0.5)
+    assert found("c/p", codec="alaw") == ("c/p.alaw", 0.5)
+    assert found("c/p", codec="slin16") == found("c/p", codec="g722") == ("c/p.sln16", 0.5)
+    assert found("w/narrow") == ("w/narrow.wav", 0.5) and found("w/wide") == ("w/wide.wav16", 0.5)
+    caplog.set_level(logging.WARNING, logger="rtcore.ari_sim")
+    assert found("w/bad") is None
+    assert "format_wav.c: Unexpected frequency mismatch 8000 (expecting 16000)" in caplog.messages
+    assert found("w/both") is None  # measured: the 16 kHz .wav beats the .sln16 for µ-law, and fails
+    assert "format_wav.c: Unexpected frequency mismatch 16000 (expecting 8000)" in caplog.messages
+    assert found("w/both", codec="slin16") == ("w/both.sln16", 1.0)
+
+
+class MediaSeconds(MediaHooks):
+    """Records how long each sound the simulator resolved lasts, and plays it at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: dict[str, float | None] = {}
+
+    async def play_media(self, target: Channel | Bridge, playback: Playback, media_uri: str) -> None:
+        self.seconds[playback.id] = playback.media_seconds
+
+
+async def test_playbacks_use_the_channels_language_and_codec(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    write_sounds(tmp_path, {"rtcore/init.ulaw": bytes(4000), "rtcore/init.sln16": bytes(64000),
+                            "fr/rtcore/init.ulaw": bytes(2000), "rtcore/long.ulaw": bytes(80000)})
+    hooks = MediaSeconds()
+    async with AriSimulator(APP, USER, PASSWORD, sounds_dir=tmp_path, hooks=hooks) as sim:
+        reader = await connect(http, sim)
+        english, french = await sim.place_call(), await sim.place_call(language="fr")
+        wideband = await sim.place_call(native_format="slin16")
+        assert (await call(http, sim, "GET", f"/channels/{french}"))[1]["language"] == "fr"
+        plays = [(english, "en", {}), (french, "fr", {}), (wideband, "wb", {}), (english, "lang", {"lang": "fr"})]
+        for channel, playback_id, extra in plays:
+            await call(http, sim, "POST", f"/channels/{channel}/play", media="sound:rtcore/init",
+                       playbackId=playback_id, **extra)
+            await reader.match(playback_event("PlaybackFinished", playback_id))
+        assert hooks.seconds == {"en": 0.5, "fr": 0.25, "wb": 2.0, "lang": 0.25}
+        await reader.close()
+    async with AriSimulator(APP, USER, PASSWORD, sounds_dir=tmp_path) as sim:  # real timing: hang up mid-prompt
+        reader = await connect(http, sim)
+        caller = await sim.place_call()
+        await call(http, sim, "POST", f"/channels/{caller}/play", media="sound:rtcore/long", playbackId="long")
+        await reader.match(lambda e: e["type"] == "PlaybackStarted")
+        await sim.hangup(caller)
+        ended = await reader.match(lambda e: e["type"] == "PlaybackFinished")
+        assert ended["playback"]["state"] == "failed"  # FACTS.md: a caller hanging up mid-prompt
+        await reader.close()
+
+
+async def test_get_sounds_answers_like_asterisk(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    write_sounds(tmp_path, {
+        "rtcore/init.sln16": b"", "rtcore/init.ulaw": b"",  # `rtcore prompts install`'s layout
+        "fr/rtcore/init.sln16": b"", "fr/rtcore/init.wav": b"",  # an older rtcore's suggestion
+        "en/hello-world.gsm": b"", "en/digits/1.ulaw": b"", "en/odd.xyz": b"",
+        "en/core-sounds-en.txt": b"; Asterisk's descriptions\nhello-world: Hello world.\nmore: two\nlines\n",
+        "top.ulaw": b"",  # the top level is not indexed
+    })
+    async with AriSimulator(APP, USER, PASSWORD, sounds_dir=tmp_path) as sim:
+        status, listed = await call(http, sim, "GET", "/sounds")
+        init = {"id": "init", "formats": [{"language": "rtcore", "format": "slin16"},
+                                          {"language": "rtcore", "format": "ulaw"}]}
+        french = {"id": "rtcore/init", "formats": [{"language": "fr", "format": "slin16"},
+                                                   {"language": "fr", "format": "slin"}]}
+        digits = {"id": "digits/1", "formats": [{"language": "en", "format": "ulaw"}]}
+        assert (status, listed) == (200, [
+            digits, {"id": "hello-world", "text": "Hello world.", "formats": [{"language": "en", "format": "gsm"}]},
+            init, french])
+        assert await call(http, sim, "GET", "/sounds", lang="fr") == (200, [french])
+        assert await call(http, sim, "GET", "/sounds", format="ulaw") == (200, [
+            digits, {"id": "init", "formats": [{"language": "rtcore", "format": "ulaw"}]}])
+        assert await call(http, sim, "GET", "/sounds", lang="de") == (
+            404, {"message": "No sounds found that matched the query"})
+        assert await call(http, sim, "GET", "/sounds/rtcore%2Finit") == (200, french)
+        assert await call(http, sim, "GET", "/sounds/init") == (200, init)
+        for unknown in ("top", "odd", "more"):
+            assert await call(http, sim, "GET", f"/sounds/{unknown}") == (404, {"message": "Sound not found"})
+    async with AriSimulator(APP, USER, PASSWORD, sounds_dir=tmp_path / "absent") as sim:
+        assert await call(http, sim, "GET", "/sounds") == (500, {"message": "Sounds index not available"})
+    async with AriSimulator(APP, USER, PASSWORD, sounds=["rtcore/init", "beep"]) as sim:  # names: as if .sln16
+        assert await call(http, sim, "GET", "/sounds") == (200, [
+            {"id": "init", "formats": [{"language": "rtcore", "format": "slin16"}]}])
+
+
+async def test_get_sounds_without_a_sounds_directory(sim: AriSimulator, http: aiohttp.ClientSession) -> None:
+    assert await call(http, sim, "GET", "/sounds") == (404, {"message": "No sounds found that matched the query"})
+    assert await call(http, sim, "GET", "/sounds/beep") == (404, {"message": "Sound not found"})
+
+
 # --- helper channels, bridges, recordings -----------------------------------------------------------
 async def test_external_media_has_a_real_local_port(sim: AriSimulator, http: aiohttp.ClientSession) -> None:
     reader = await connect(http, sim)
@@ -410,6 +567,8 @@ async def test_caller_hangup_keeps_external_media_and_bridge(sim: AriSimulator, 
     _, media = await call(http, sim, "POST", "/channels/externalMedia", app=APP, external_host="127.0.0.1:40001",
                           format="slin16")
     _, bridge = await call(http, sim, "POST", "/bridges", type="mixing", name="call")
+    for helper in (snoop, media):  # as a client must: helpers are usable once in Stasis
+        await reader.match(about("StasisStart", helper["id"]))
     assert await call(http, sim, "POST", f"/bridges/{bridge['id']}/addChannel",
                       channel=f"{snoop['id']},{media['id']}") == (204, None)
     assert (await call(http, sim, "GET", f"/bridges/{bridge['id']}"))[1]["channels"] == [snoop["id"], media["id"]]
@@ -422,6 +581,74 @@ async def test_caller_hangup_keeps_external_media_and_bridge(sim: AriSimulator, 
     assert await call(http, sim, "DELETE", f"/bridges/{bridge['id']}") == (404, {"message": "Bridge not found"})
     assert (await call(http, sim, "GET", f"/channels/{media['id']}"))[0] == 200  # still up, out of the bridge
     await reader.close()
+
+
+async def test_helpers_enter_stasis_after_the_reply_and_refuse_requests_before(http: aiohttp.ClientSession) -> None:
+    """FACTS.md "Seen with real SIP calls": a helper used before its own StasisStart is refused."""
+    refused = {"message": "Channel not in Stasis application"}
+    async with AriSimulator(APP, USER, PASSWORD, stasis_delay_s=(0.1, 0.1), seed=1) as late:
+        reader = await connect(http, late)
+        caller = await late.place_call()
+        _, snoop = await call(http, late, "POST", f"/channels/{caller}/snoop", spy="both", app=APP, appArgs="s")
+        assert not any(e["type"] == "StasisStart" and e["channel"]["id"] == snoop["id"] for e in late.events)
+        assert await call(http, late, "POST", f"/channels/{snoop['id']}/record", name="r", format="wav") == (
+            409, refused)
+        status, media = await call(http, late, "POST", "/channels/externalMedia", app=APP,
+                                   external_host="127.0.0.1:40003", format="slin16", data="em")
+        assert (status, media["state"]) == (200, "Down") and "UNICASTRTP_LOCAL_PORT" in media["channelvars"]
+        assert not any(e.get("channel", {}).get("id") == media["id"] or e.get("peer", {}).get("id") == media["id"]
+                       for e in late.events)  # its Dial ... StasisStart come later
+        _, bridge = await call(http, late, "POST", "/bridges", type="mixing")
+        for helper in (snoop, media):
+            assert await call(http, late, "POST", f"/bridges/{bridge['id']}/addChannel", channel=helper["id"]) == (
+                422, refused)
+        since = len(reader.events)
+        started = await reader.match(about("StasisStart", media["id"]), since)
+        assert started["args"] == ["em"] and started["channel"]["state"] == "Up"
+        await reader.match(about("StasisStart", snoop["id"]))
+        sequence = [e["type"] for e in reader.events[since:]
+                    if e.get("channel", {}).get("id") == media["id"] or e.get("peer", {}).get("id") == media["id"]]
+        assert sequence == ["Dial", "ChannelStateChange", "Dial", "ChannelVarset", "StasisStart"]
+        assert (await call(http, late, "POST", f"/channels/{snoop['id']}/record", name="r", format="wav"))[0] == 201
+        assert await call(http, late, "POST", f"/bridges/{bridge['id']}/addChannel", channel=media["id"]) == (
+            204, None)
+        await reader.close()
+
+
+async def test_a_helper_gone_before_its_stasis_entry_never_enters(http: aiohttp.ClientSession) -> None:
+    async with AriSimulator(APP, USER, PASSWORD, stasis_delay_s=(0.05, 0.05)) as late:
+        reader = await connect(http, late)
+        caller = await late.place_call()
+        _, snoop = await call(http, late, "POST", f"/channels/{caller}/snoop", spy="in", app=APP)
+        _, media = await call(http, late, "POST", "/channels/externalMedia", app=APP,
+                              external_host="127.0.0.1:40004", format="slin16")
+        await late.hangup(caller)  # the snoop's target goes away
+        assert await call(http, late, "DELETE", f"/channels/{media['id']}") == (204, None)
+        # A helper created after them enters after them (same delay): once it is in, theirs would be too.
+        _, marker = await call(http, late, "POST", "/channels/externalMedia", app=APP,
+                               external_host="127.0.0.1:40005", format="slin16")
+        await reader.match(about("StasisStart", marker["id"]))
+        about_dead = [e for e in reader.events if e.get("channel", {}).get("id") in (snoop["id"], media["id"])]
+        assert [e["type"] for e in about_dead] == ["ChannelHangupRequest", "ChannelDestroyed"]  # the media's
+        assert snoop["id"] not in late.channels and media["id"] not in late.channels
+        await reader.close()
+
+
+async def test_without_a_delay_helpers_enter_stasis_before_the_reply(http: aiohttp.ClientSession) -> None:
+    async with AriSimulator(APP, USER, PASSWORD, stasis_delay_s=None) as prompt:
+        reader = await connect(http, prompt)
+        caller = await prompt.place_call()
+        _, snoop = await call(http, prompt, "POST", f"/channels/{caller}/snoop", spy="in", app=APP)
+        _, media = await call(http, prompt, "POST", "/channels/externalMedia", app=APP,
+                              external_host="127.0.0.1:40006", format="slin16")
+        entered = {e["channel"]["id"] for e in prompt.events if e["type"] == "StasisStart"}
+        assert {snoop["id"], media["id"]} <= entered
+        _, bridge = await call(http, prompt, "POST", "/bridges")
+        assert (await call(http, prompt, "POST", f"/bridges/{bridge['id']}/addChannel",
+                           channel=f"{snoop['id']},{media['id']}"))[0] == 204
+        await reader.close()
+    with pytest.raises(ValueError):
+        AriSimulator(stasis_delay_s=(0.2, 0.1))
 
 
 async def test_recordings(sim: AriSimulator, http: aiohttp.ClientSession) -> None:
@@ -559,6 +786,7 @@ async def test_media_hooks_are_called(http: aiohttp.ClientSession) -> None:
         caller = await hooked.place_call()
         _, media = await call(http, hooked, "POST", "/channels/externalMedia", app=APP,
                               external_host="127.0.0.1:40002", format="ulaw")
+        await reader.match(about("StasisStart", media["id"]))
         _, bridge = await call(http, hooked, "POST", "/bridges")
         await call(http, hooked, "POST", f"/bridges/{bridge['id']}/addChannel", channel=f"{caller},{media['id']}")
         await call(http, hooked, "POST", f"/channels/{caller}/play", media="sound:x", playbackId="h")

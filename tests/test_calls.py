@@ -1,126 +1,30 @@
-"""Call lifecycle against the ARI simulator (real HTTP + WebSocket), a real Redis, real rings and
-the embedded intent classifier. What the caller says arrives as the ASR's Transcript messages."""
+"""Call lifecycle against the ARI simulator (real HTTP + WebSocket, helper channels entering Stasis
+asynchronously as on a real Asterisk), a real Redis, real rings and the embedded intent classifier.
+What the caller says arrives as the ASR's Transcript messages."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import itertools
 import json
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 import pytest
-import redis
 
-from rtcore.ari.client import AriClient
 from rtcore.ari_sim import AriSimulator
 from rtcore.calls import CallController
 from rtcore.dialog.script import load_script
 from rtcore.intents import EmbeddedIntentSource
-from rtcore.leads import Lead, LeadStore, read_leads
-from rtcore.messages import CallEnded, CallStarted, ListenMode, Message, SpeechStarted, Transcript, TurnTaken
-from rtcore.redis_server import PrivateRedis
-from rtcore.ring import AudioRings, RingSpec
+from rtcore.messages import CallEnded, CallStarted, ListenMode, SpeechStarted, TurnTaken
+from tests.call_rig import APP, HAPPY, PASSWORD, USER, Rig, until
 from tests.conftest import SHARED
-
-APP = "rtcore"
-_ids = itertools.count(1)
-
-
-async def until(condition: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not (value := condition()):
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)
-    return value
-
-
-class Rig:
-    def __init__(self, short_dir: Path, barge_in: bool, prompt_seconds: Callable[[str], float],
-                 no_input_s: float) -> None:
-        self.dir = short_dir
-        self.sim = AriSimulator(app_name=APP, user="bot", password="s3cret", playback_duration=prompt_seconds)
-        self.redis = PrivateRedis(short_dir / "run", short_dir / "data")
-        self.rings = AudioRings.create(RingSpec(f"rtcore.test{next(_ids)}x{int(time.time() * 1e6)}.1.rings", 4, 16000))
-        script = load_script()
-        self.script = dataclasses.replace(script, no_input=dataclasses.replace(script.no_input, timeout_s=no_input_s))
-        self.published: list[Message] = []
-        self.barge_in = barge_in
-
-    async def __aenter__(self) -> "Rig":
-        await self.sim.start()
-        self.redis.start()
-        self.store = LeadStore(self.redis.url, self.dir / "spool.jsonl", retry_max_s=0.2)
-        self.store.start()
-        self.ari = AriClient(self.sim.url, "bot", "s3cret", APP, timeout_s=5.0, backoff_max_s=0.2)
-        self.controller = CallController(self.ari, self.script, EmbeddedIntentSource(), self.rings, self.store,
-                                         self.published.append, "127.0.0.1", 40000, barge_in=self.barge_in)
-        self.task = asyncio.get_running_loop().create_task(self.controller.run())
-        await self.sim.wait_for_subscriber()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.controller.close()
-        self.task.cancel()
-        await self.ari.close()
-        await self.store.close()
-        await self.sim.stop()
-        self.redis.stop()
-        self.rings.close()
-        self.rings.unlink()
-
-    # --- the caller's side --------------------------------------------------------------------
-    async def call(self, number: str = "0611223344") -> str:
-        channel_id = await self.sim.place_call(caller_number=number)
-        await until(lambda: any(isinstance(m, CallStarted) and m.call_id == channel_id for m in self.published))
-        return channel_id
-
-    async def hears(self, prompt: str, since: int = 0) -> int:
-        """Wait until `prompt` has played to its end; returns the event index after it."""
-        media = f"sound:{self.script.prompts[prompt].audio}"
-        started = await self.sim.wait_for(lambda e: e["type"] == "PlaybackStarted" and e["playback"]["media_uri"] == media,
-                                          since=since)
-        pid = started["playback"]["id"]
-        finished = await self.sim.wait_for(lambda e: e["type"] == "PlaybackFinished" and e["playback"]["id"] == pid,
-                                           since=since)
-        # Just after that event: the next prompt may already have started.
-        return next(i for i in range(len(self.sim.events) - 1, -1, -1) if self.sim.events[i] is finished) + 1
-
-    def says(self, call_id: str, text: str) -> None:
-        self.controller.handle_message(Transcript(utterance_id=f"{call_id}-{next(_ids)}", call_id=call_id, text=text,
-                                                  eos_at=time.time() - 0.3))
-
-    async def dialog(self, call_id: str, turns: list[tuple[str, str | None]]) -> None:
-        """(prompt the caller waits for, what it then says) in order."""
-        since = 0
-        for prompt, text in turns:
-            since = await self.hears(prompt, since)
-            if text is not None:
-                self.says(call_id, text)
-
-    async def lead(self, call_id: str) -> Lead:
-        await until(lambda: call_id not in self.controller.calls)
-        await until(lambda: self.store.backlog == 0 and self.store.connected)
-        client = redis.Redis.from_url(self.redis.url)
-        try:
-            return next(lead for lead in read_leads(client) if lead.call_id == call_id)
-        finally:
-            client.close()
 
 
 @pytest.fixture
 async def rig(short_dir: Path) -> AsyncIterator[Rig]:
     async with Rig(short_dir, barge_in=True, prompt_seconds=lambda uri: 0.02, no_input_s=0.3) as r:
         yield r
-
-
-HAPPY = [("init", "Oui, allez-y, je vous écoute."), ("ask_zip_code", "C'est le 75011."),
-         ("ask_owner_house", "Oui, je suis propriétaire."), ("ask_which_heating", "Au gaz."),
-         ("ask_be_called_back", "Oui, vous pouvez me rappeler."), ("ask_slot_call_back", "Mardi matin."),
-         ("bye_qualified", None)]
 
 
 async def test_happy_path_qualifies_the_lead(rig: Rig) -> None:
@@ -198,17 +102,6 @@ async def test_silence_reprompts_then_ends(rig: Rig) -> None:
     await rig.dialog(call_id, [("init", None), ("init_again", None), ("init_again", None), ("bye_no_answer", None)])
     lead = await rig.lead(call_id)
     assert lead.outcome == "abandoned" and [t.source for t in lead.turns] == ["silence"] * 3
-
-
-async def test_dtmf_zip_code(rig: Rig) -> None:
-    call_id = await rig.call()
-    since = await rig.hears("init")
-    rig.says(call_id, "oui")
-    since = await rig.hears("ask_zip_code", since)
-    for digit in "69003":
-        await rig.sim.send_dtmf(call_id, digit)
-    await rig.hears("ask_owner_house", since)
-    assert rig.controller.calls[call_id].lead.zip_code == "69003"  # type: ignore[union-attr]
 
 
 async def test_caller_hanging_up_mid_call_is_abandoned_and_cleaned_up(rig: Rig) -> None:
@@ -320,3 +213,133 @@ def test_real_trace_events_are_told_apart() -> None:
     assert {m for t, m in meanings if t in ("ChannelVarset", "Dial", "ChannelStateChange", "ChannelEnteredBridge",
                                             "ChannelConnectedLine", "BridgeDestroyed")} == {"ignored"}
     assert ("ChannelDtmfReceived", "dtmf") in meanings
+
+
+# --- set-up that cannot race Asterisk's asynchronous Stasis entry ------------------------------
+async def test_200_calls_set_up_with_helpers_entering_stasis_late_and_no_setup_error(short_dir: Path) -> None:
+    """Every snoop and externalMedia channel enters Stasis 0-150 ms after its REST reply (a real
+    Asterisk: either side of the reply), and a request that uses it earlier gets Asterisk's 409/422."""
+    sim = AriSimulator(app_name=APP, user=USER, password=PASSWORD, playback_duration=lambda uri: 3600.0,
+                       stasis_delay_s=(0.0, 0.15), seed=7)
+    async with Rig(short_dir, slots=200, sim=sim, no_input_s=60.0, setup_timeout_s=10.0) as rig:
+        callers = await asyncio.gather(*(rig.sim.place_call(caller_number=f"06{i:08d}") for i in range(200)))
+        await until(lambda: all(rig.started(c) for c in callers), timeout_s=60.0)
+        refused = [r for r in rig.sim.requests if r.status in (409, 422)]
+        assert refused == [] and rig.controller.counters["setup_retries"] == 0
+        assert rig.controller.failed == 0 and len(rig.controller.calls) == 200
+        for caller in callers:  # the topology is complete: the caller's audio reaches the capture
+            bridge = rig.sim.bridge(f"{caller}-bridge")
+            assert bridge is not None and sorted(bridge.channel_ids) == sorted([f"{caller}-in", f"{caller}-media"])
+        assert len({m.slot for m in rig.published if isinstance(m, CallStarted)}) == 200
+        await asyncio.gather(*(rig.sim.hangup(c) for c in callers))
+        await until(lambda: not rig.controller.calls, timeout_s=60.0)
+        assert rig.rings.in_use() == [] and rig.controller.failed == 0
+        await until(lambda: rig.leftovers() == ([], []), timeout_s=10.0)
+
+
+async def test_a_request_refused_as_not_in_stasis_is_retried_not_fatal(short_dir: Path) -> None:
+    """Even when Asterisk still refuses a helper after its StasisStart arrived, the call goes on."""
+    sim = AriSimulator(app_name=APP, user=USER, password=PASSWORD, playback_duration=lambda uri: 3600.0)
+    async with Rig(short_dir, sim=sim, no_input_s=60.0) as rig:
+        real_add = rig.ari.add_channels
+        refusals = [2]
+
+        async def add_channels_refused_twice(bridge_id: str, channel_ids: list[str]) -> None:
+            if refusals[0]:
+                refusals[0] -= 1
+                from rtcore.ari.client import AriError
+                raise AriError("POST", f"/bridges/{bridge_id}/addChannel", 422, "Channel not in Stasis application")
+            await real_add(bridge_id, channel_ids)
+
+        rig.ari.add_channels = add_channels_refused_twice  # type: ignore[method-assign]
+        call_id = await rig.call()
+        assert rig.controller.counters["setup_retries"] == 2 and rig.controller.failed == 0
+        assert rig.sim.bridge(f"{call_id}-bridge") is not None
+
+
+# --- prompts Asterisk fails to play -----------------------------------------------------------
+async def test_a_failed_playback_is_played_again_once_and_the_call_goes_on(rig: Rig) -> None:
+    rig.sim.fail_playbacks(lambda uri: uri == rig.media("ask_zip_code"), times=1)
+    call_id = await rig.call()
+    since = await rig.dialog(call_id, HAPPY[:1])
+    failed = await rig.sim.wait_for(lambda e: e["type"] == "PlaybackFinished" and e["playback"]["state"] == "failed",
+                                    since=since)
+    assert failed["playback"]["media_uri"] == rig.media("ask_zip_code")
+    await rig.dialog(call_id, HAPPY[1:], since)
+    lead = await rig.lead(call_id)
+    assert lead.outcome == "qualified" and lead.zip_code == "75011"
+    assert rig.controller.counters["playbacks_failed"] == 1
+
+
+async def test_a_prompt_failing_twice_ends_the_call_politely_with_outcome_error(rig: Rig) -> None:
+    rig.sim.fail_playbacks(lambda uri: uri == rig.media("ask_zip_code"), times=2)
+    call_id = await rig.call()
+    since = await rig.dialog(call_id, HAPPY[:1])
+    await rig.hears("bye_technical_problem", since)
+    lead = await rig.lead(call_id)
+    assert lead.outcome == "error" and lead.end_reason == "prompt ask_zip_code could not be played"
+    assert rig.controller.counters["playbacks_failed_twice"] == 1 and rig.controller.failed == 1
+    assert rig.rings.in_use() == []
+    await until(lambda: rig.leftovers() == ([], []))
+
+
+async def test_when_no_prompt_can_play_the_call_is_hung_up_with_outcome_error(rig: Rig) -> None:
+    rig.sim.fail_playbacks(lambda uri: True, times=100)
+    call_id = await rig.sim.place_call()
+    lead = await rig.lead(call_id)
+    assert lead.outcome == "error" and lead.end_reason == "prompt init could not be played"
+    await until(lambda: rig.leftovers() == ([], []))
+
+
+async def test_a_caller_hanging_up_mid_prompt_is_no_playback_failure(short_dir: Path) -> None:
+    async with Rig(short_dir, prompt_seconds=lambda uri: 3600.0) as rig:
+        call_id = await rig.call()
+        await rig.hears_start("init")
+        await rig.sim.hangup(call_id)
+        lead = await rig.lead(call_id)
+        failed = [e for e in rig.sim.events if e["type"] == "PlaybackFinished" and e["playback"]["state"] == "failed"]
+        assert failed and rig.controller.counters["playbacks_failed"] == 0  # Asterisk reports it failed
+        assert lead.outcome == "abandoned" and lead.end_reason == "caller hung up"
+
+
+# --- what the lead and the call's keys say -----------------------------------------------------
+async def test_the_lead_says_who_hung_up_and_names_its_recording(rig: Rig) -> None:
+    call_id = await rig.call()
+    await rig.dialog(call_id, HAPPY)
+    lead = await rig.lead(call_id)
+    assert lead.end_reason == "bot hung up" and lead.recording == f"rtcore-{call_id}.wav"
+    await until(lambda: f"rtcore-{call_id}" in rig.sim.stored_recordings)
+    other = await rig.call()
+    await rig.hears("init")
+    await rig.sim.hangup(other)
+    assert (await rig.lead(other)).end_reason == "caller hung up"
+
+
+async def test_a_dtmf_turn_records_every_digit(rig: Rig) -> None:
+    call_id = await rig.call()
+    since = await rig.hears("init")
+    rig.says(call_id, "oui")
+    since = await rig.hears("ask_zip_code", since)
+    for digit in "69003":
+        await rig.sim.send_dtmf(call_id, digit)
+    await rig.hears("ask_owner_house", since)
+    await rig.sim.hangup(call_id)
+    lead = await rig.lead(call_id)
+    assert lead.zip_code == "69003"
+    turn = lead.turns[-1]
+    assert (turn.source, turn.transcript, turn.intent) == ("dtmf", "69003", "ok_zipcode")
+
+
+async def test_per_call_keys_expire_and_leads_do_not(short_dir: Path) -> None:
+    async with Rig(short_dir, call_ttl_s=120.0) as rig:
+        call_id = await rig.call()
+        await rig.dialog(call_id, HAPPY)
+        await rig.lead(call_id)
+        client = rig.redis_client()
+        try:
+            assert 0 < client.ttl(f"rtcore:call:{call_id}") <= 120
+            assert 0 < client.ttl(f"rtcore:call:{call_id}:bot_speaking") <= 120
+            assert client.ttl(f"rtcore:lead:{call_id}") == -1 and client.ttl("rtcore:leads") == -1
+            assert client.sismember("rtcore:calls:active", call_id) == 0
+        finally:
+            client.close()

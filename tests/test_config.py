@@ -106,3 +106,18 @@ def test_cli_rejects_bad_flag_with_the_field_named() -> None:
 
 def test_the_batch_policys_defaults_are_the_settings() -> None:
     assert BatchPolicy.from_settings(Settings()) == BatchPolicy()
+
+
+def test_the_ari_password_can_come_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "ari-password"
+    secret.write_text("s3cret-from-file\n")
+    s = load_settings(environ={"RTCORE_ARI_PASSWORD_FILE": str(secret)})
+    assert s.ari_password.get_secret_value() == "s3cret-from-file"
+    assert "s3cret" not in json.dumps(s.redacted())
+    with pytest.raises(ConfigError, match="set either it or ari_password, not both"):
+        load_settings(environ={"RTCORE_ARI_PASSWORD_FILE": str(secret), "RTCORE_ARI_PASSWORD": "x"})
+    with pytest.raises(ConfigError, match=r"ari_password_file: cannot read .*nope.*No such file"):
+        load_settings(environ={}, cli={"ari_password_file": str(tmp_path / "nope")})
+    (tmp_path / "blank").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_settings(environ={}, cli={"ari_password_file": str(tmp_path / "blank")})

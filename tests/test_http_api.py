@@ -458,3 +458,19 @@ async def test_seed_intent_endpoints() -> None:
             assert r.status == 400 and message in (await r.json())["error"]
         r = await client.post("/embedding_main/", json={"sentence": "oui", "state": "ask_owner_house"})
         assert (await r.json())["intent"] == "ok_proprio"  # still serving after the bad requests
+
+
+def test_a_restarted_http_api_frees_the_slots_its_predecessor_held_and_only_those(
+        bus_and_rings: tuple[Settings, AudioRings]) -> None:
+    settings, rings = bus_and_rings
+    from rtcore.ring import SlotOwner
+
+    call = rings.allocate(SlotOwner.CALL)
+    rings.allocate(SlotOwner.HTTP)  # a request in flight when the previous API process died
+    transcriber = PipelineTranscriber(settings, rings)
+    try:
+        assert transcriber.release_leftover_slots() == 1
+        assert rings.in_use() == [call]
+    finally:
+        transcriber._asr.close()
+        transcriber._transcripts.close()

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import redis
 
 from rtcore.config import Settings
@@ -37,9 +41,12 @@ def test_launch_two_calls_four_total_completes_with_leads_and_a_consistent_repor
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "report:" in proc.stdout and "calls active" in proc.stdout  # live progress, then the report
+    # Progress counts the calls the dialog handled (CallStarted/CallEnded), whatever the PBX.
+    assert re.search(r"calls active [12], finished \d", proc.stdout), proc.stdout[-2000:]
     report = json.loads(report_path.read_text())
     assert set(report) == {"calls_completed", "calls_failed", "outcomes", "utterances", "latency_ms", "asr",
-                           "cpu_percent"}
+                           "cpu_percent", "left_behind"}
+    assert report["left_behind"] == {"call_slots": 0, "calls": 0, "channels": 0, "bridges": 0}
     assert report["calls_completed"] + report["calls_failed"] == 4
     assert sum(report["outcomes"].values()) == 4 and set(report["outcomes"]) <= OUTCOMES
     assert report["outcomes"].get("error", 0) == report["calls_failed"]
@@ -72,3 +79,61 @@ def test_a_simulated_load_gets_call_slots_enough_for_it() -> None:
     assert (big.sim_calls, big.sim_duration_s, big.max_calls) == (80, 60.0, 100)
     assert simulated_load_settings(Settings(max_calls=64), 2, 4, None).max_calls == 64  # enough already
     assert simulated_load_settings(Settings(max_calls=4), 2, 4, None).max_calls == 10
+
+
+def launch_env(short_dir: Path, instance: str) -> dict[str, str]:
+    return {**os.environ, "RTCORE_INSTANCE": instance, "RTCORE_RUN_DIR": str(short_dir / "run"),
+            "RTCORE_DATA_DIR": str(short_dir / "data"), "RTCORE_METRICS_PORT": "0", "RTCORE_HTTP_PORT": "0",
+            "RTCORE_SIM_ARI_PORT": str(free_port()), "RTCORE_RTP_PORT": str(free_port(socket.SOCK_DGRAM)),
+            "RTCORE_ASR_INTRA_THREADS": "1"}
+
+
+def test_kill_9_of_the_dialog_mid_call_loses_no_call_and_leaks_nothing(short_dir: Path) -> None:
+    """The supervisor restarts the dialog; the restarted one takes back (or ends) the calls in
+    progress: every lead is closed, no channel, bridge or call slot is left behind."""
+    report_path = short_dir / "report.json"
+    out, err = open(short_dir / "stdout.log", "w+"), open(short_dir / "stderr.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "rtcore.cli", "launch", "--calls", "2", "--total-calls", "4",
+                             "--json", str(report_path)], env=launch_env(short_dir, "killtest"), cwd=REPO,
+                            stdout=out, stderr=err, text=True)
+    try:
+        client = redis.Redis.from_url(f"unix://{short_dir / 'run' / 'redis.sock'}", socket_timeout=2.0)
+
+        def mid_call() -> bool:
+            """A call in progress that has had a turn: the dialog holds real state about it."""
+            try:
+                return any(lead.turns and not lead.ended_at for lead in read_leads(client))
+            except redis.RedisError:
+                return False  # the private Redis is not up yet
+
+        deadline = time.monotonic() + 600
+        while not mid_call():
+            assert proc.poll() is None, (short_dir / "stderr.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no call reached its first turn"
+            time.sleep(0.2)
+        dialog = next(p for p in psutil.Process(proc.pid).children()
+                      if "procs.dialog" in " ".join(p.cmdline()))
+        in_progress = {lead.call_id for lead in read_leads(client) if not lead.ended_at}
+        os.kill(dialog.pid, signal.SIGKILL)
+        assert proc.wait(timeout=900) == 0, (short_dir / "stderr.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+        err.close()
+    stderr = (short_dir / "stderr.log").read_text()
+    assert "restarting dialog" in stderr
+    report = json.loads(report_path.read_text())
+    assert report["calls_completed"] + report["calls_failed"] == 4
+    assert report["left_behind"] == {"call_slots": 0, "calls": 0, "channels": 0, "bridges": 0}
+    with PrivateRedis(short_dir / "run2", short_dir / "data" / "redis") as server:
+        reader = redis.Redis.from_url(server.url)
+        leads = {lead.call_id: lead for lead in read_leads(reader)}
+        assert reader.smembers("rtcore:calls:active") == set()
+        reader.close()
+    assert len(leads) == 4 and all(lead.outcome in OUTCOMES and lead.ended_at for lead in leads.values())
+    # Each call that was in progress at the kill was taken back (a "resume" turn) or ended cleanly.
+    for call_id in in_progress:
+        lead = leads[call_id]
+        assert any(t.source == "resume" for t in lead.turns) or "dialog" in lead.end_reason, lead

@@ -35,7 +35,7 @@ def test_launch_without_redis_server_says_what_to_install(short_dir: Path) -> No
     bindir = Path(sys.executable).parent  # python only: redis-server is not on this PATH
     env = {**os.environ, "PATH": str(bindir), "RTCORE_RUN_DIR": str(short_dir / "run"),
            "RTCORE_DATA_DIR": str(short_dir / "data"), "RTCORE_INSTANCE": "noredis", "RTCORE_METRICS_PORT": "0",
-           # A real Asterisk configured: no embedded PBX to prepare, straight to the Redis check.
+           # Checked first, before the Asterisk (unreachable here) and before any model.
            "RTCORE_ARI_URL": "http://127.0.0.1:1/ari"}
     proc = subprocess.run([sys.executable, "-m", "rtcore.cli", "launch", "--duration", "1"], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=120)

@@ -2,8 +2,10 @@
 
 Every request has its own timeout and raises AriError on failure, so an error on one call's
 request is that call's problem only. The events stream reconnects with exponential backoff when
-the WebSocket drops; after a reconnect it yields a `{"type": "RtcoreReconnected"}` marker so the
-controller can reconcile what it may have missed (Asterisk does not replay events).
+the WebSocket drops; each time it (re)connects it first yields a `{"type": "RtcoreConnected",
+"reconnect": bool}` marker, so the controller can find out what it does not know (Asterisk does
+not replay events: a call that arrived or ended meanwhile, or, for a restarted process, every
+call in progress).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import aiohttp
 
 log = logging.getLogger(__name__)
 
-RECONNECTED = "RtcoreReconnected"
+CONNECTED = "RtcoreConnected"
+NOT_IN_STASIS = "not in Stasis application"
 
 
 class AriError(Exception):
@@ -28,6 +31,21 @@ class AriError(Exception):
         self.path = path
         self.status = status
         self.message = message
+
+    @property
+    def not_in_stasis(self) -> bool:
+        """Asterisk's 409 (channel operations) or 422 (bridge operations) for a channel that has not
+        entered the application yet: helper channels enter Stasis asynchronously (FACTS.md)."""
+        return self.status in (409, 422) and NOT_IN_STASIS.lower() in self.message.lower()
+
+    def about_channel(self, channel_id: str) -> bool:
+        """Whether the request was on channel `channel_id` (e.g. POST /channels/<id>/answer)."""
+        return self.path == f"/channels/{channel_id}" or self.path.startswith(f"/channels/{channel_id}/")
+
+    @property
+    def gone(self) -> bool:
+        """The channel no longer exists (404), or has left the application (409 not in Stasis)."""
+        return self.status == 404 or self.not_in_stasis
 
 
 class AriClient:
@@ -124,6 +142,20 @@ class AriClient:
         result = await self.request("GET", "/channels")
         return list(result or [])
 
+    async def bridges(self) -> list[dict[str, Any]]:
+        result = await self.request("GET", "/bridges")
+        return list(result or [])
+
+    async def sounds(self) -> list[dict[str, Any]]:
+        """GET /sounds; Asterisk answers 404 when it has no sound at all: an empty list."""
+        try:
+            result = await self.request("GET", "/sounds")
+        except AriError as exc:
+            if exc.status == 404:
+                return []
+            raise
+        return list(result or [])
+
     # --- events -------------------------------------------------------------------------------
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Events of our application until close(); reconnects with backoff, forever."""
@@ -140,7 +172,7 @@ class AriClient:
                     if not first:
                         self.reconnects += 1
                         log.warning("ARI events WebSocket reconnected")
-                        yield {"type": RECONNECTED}
+                    yield {"type": CONNECTED, "reconnect": not first}
                     first = False
                     async for msg in ws:
                         if msg.type == aiohttp.WSMsgType.TEXT:
@@ -156,6 +188,8 @@ class AriClient:
             except aiohttp.WSServerHandshakeError as exc:
                 if exc.status == 401:
                     log.error("ARI refused our credentials (401): check ari_user / ari_password")
+                elif exc.status == 404 and not self.base_url.endswith("/ari"):
+                    log.error("ARI events WebSocket not found (404) at %s: the ARI base URL ends in /ari", ws_url)
                 else:
                     log.error("ARI events WebSocket refused: %s", exc)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:

@@ -9,7 +9,10 @@ play waits for the first). Observed on Asterisk 22.10.1 and read in res_stasis_p
 - DELETE of the playing playback → PlaybackFinished `done` (there is no "stopped" state); of a queued
   one → 204, it reads `done` and gets PlaybackFinished `done` without a PlaybackStarted when its turn
   comes. Only sound:, recording: and tone: are stoppable (number:/digits:/characters: → 500).
-- `sound:` of a missing file → PlaybackStarted then PlaybackFinished `failed`. An unsupported scheme
+- `sound:` of a missing file, or of one Asterisk cannot open (sounds.py: a 16 kHz `.wav`) → PlaybackStarted
+  then PlaybackFinished `failed` (`PlaybackContinuing` and the next item when it was not the last: a
+  failed item of a list counts as played, as res_stasis_playback's playback_final_update() does). With a
+  sounds directory, a `sound:` item lasts as long as the file Asterisk would pick. An unsupported scheme
   (`foo:bar`), a missing `recording:` or a bad `number:` → PlaybackStarted and nothing more: the
   playback is dropped and the queue moves on.
 - The target hanging up: the playing playback → PlaybackFinished `failed` (streamfile was interrupted),
@@ -29,9 +32,11 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from rtcore.ari_sim.events import EventHub
+from rtcore.ari_sim.sounds import SoundLibrary
 from rtcore.ari_sim.state import (
     Bridge,
     Channel,
@@ -55,15 +60,18 @@ def default_playback_duration(media_uri: str) -> float:
     return math.inf if media_uri.startswith("tone:") else DEFAULT_MEDIA_SECONDS
 
 
-def default_sound_exists(name: str) -> bool:
-    """Every sound exists except names starting with "no-such" (the traces' sound:no-such-sound)."""
-    return not name.startswith("no-such")
-
-
 class MediaCheck(enum.Enum):
     PLAYABLE = "playable"
     MISSING = "missing"  # the file is not there: PlaybackFinished failed
     UNPLAYABLE = "unplayable"  # Asterisk logs an error and silently drops the playback
+
+
+@dataclass(eq=False, slots=True)
+class ForcedFailure:
+    """AriSimulator.fail_playbacks(): media items matching `match` fail, `left` more times."""
+
+    match: Callable[[str], bool]
+    left: int
 
 
 class MediaHooks:
@@ -73,8 +81,9 @@ class MediaHooks:
         self.playback_duration = playback_duration or default_playback_duration
 
     async def play_media(self, target: Target, playback: Playback, media_uri: str) -> None:
-        """Plays one media item of `playback` to `target`; returns when it has played to the end."""
-        seconds = self.playback_duration(media_uri)
+        """Plays one media item of `playback` to `target`; returns when it has played to the end: after the
+        length of the file the simulator resolved for it (`playback.media_seconds`), else `playback_duration`."""
+        seconds = playback.media_seconds if playback.media_seconds is not None else self.playback_duration(media_uri)
         if math.isinf(seconds):
             await asyncio.Event().wait()
         await asyncio.sleep(max(0.0, seconds))
@@ -108,13 +117,14 @@ class MediaEngine:
         self,
         hub: EventHub,
         hooks: MediaHooks,
-        sound_exists: Callable[[str], bool],
+        sounds: SoundLibrary,
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
     ) -> None:
         self.hub = hub
         self.hooks = hooks
-        self.sound_exists = sound_exists
+        self.sounds = sounds
         self.spawn = spawn
+        self._failures: list[ForcedFailure] = []
         self.playbacks: dict[str, Playback] = {}
         self.live_recordings: dict[str, LiveRecording] = {}
         self.stored_recordings: dict[str, StoredRecording] = {}
@@ -127,10 +137,34 @@ class MediaEngine:
             self._queues[uri] = MediaQueue(self, target)
         return self._queues[uri]
 
-    def check_media(self, media_uri: str) -> MediaCheck:
+    def fail_playbacks(self, match: Callable[[str], bool], times: int = 1) -> None:
+        """The next `times` media items whose URI matches fail as a broken file does."""
+        if times > 0:
+            self._failures.append(ForcedFailure(match, times))
+
+    def _forced_failure(self, media_uri: str) -> bool:
+        for failure in self._failures:
+            if failure.match(media_uri):
+                failure.left -= 1
+                if failure.left <= 0:
+                    self._failures.remove(failure)
+                return True
+        return False
+
+    def check_media(self, target: Target, playback: Playback) -> MediaCheck:
+        """Whether the current media item of `playback` plays, fails or is dropped (and, for a file the
+        sounds library resolved, for how long: `playback.media_seconds`)."""
+        media_uri = playback.media_uri
+        playback.media_seconds = None
+        if self._forced_failure(media_uri):
+            return MediaCheck.MISSING
         scheme, _, rest = media_uri.partition(":")
         if scheme == "sound":
-            return MediaCheck.PLAYABLE if self.sound_exists(rest) else MediaCheck.MISSING
+            # A bridge plays through its announcer channel, which Asterisk creates in 8 kHz slin.
+            native = target.native_format if isinstance(target, Channel) else "slin"
+            found = self.sounds.lookup(rest, playback.language, native)
+            playback.media_seconds = found.seconds
+            return MediaCheck.PLAYABLE if found.playable else MediaCheck.MISSING
         if scheme == "recording":
             return MediaCheck.PLAYABLE if rest in self.stored_recordings else MediaCheck.UNPLAYABLE
         if scheme == "number":
@@ -274,13 +308,17 @@ class MediaQueue:
 
     # --- playbacks -----------------------------------------------------------------------------
     async def _play_item(self, playback: Playback) -> None:
-        check = self.engine.check_media(playback.media_uri)
+        check = self.engine.check_media(self.target, playback)
         if check is MediaCheck.UNPLAYABLE:
             log.warning("unplayable media dropped", extra={"playback": playback.id, "media": playback.media_uri})
             self.engine.forget(playback)
             self._release(playback)
             return
         if check is MediaCheck.MISSING:
+            log.warning("res_stasis_playback.c: %s: Playback failed for %s", self.target.id, playback.media_uri)
+            if playback.media_index + 1 < len(playback.media_uris):
+                self._item_played(playback)  # a failed item that is not the last: the list goes on
+                return
             self.engine.end_playback(self, playback, PlaybackState.FAILED)
             self._release(playback)
             return
@@ -353,6 +391,8 @@ class MediaQueue:
         self._cancel_task()
         current, self.current = self.current, None
         if isinstance(current, Playback):
+            # streamfile interrupted by the hang-up: Asterisk logs it and reports the playback failed.
+            log.info("res_stasis_playback.c: %s: Playback failed for %s", self.target.id, current.media_uri)
             self.engine.end_playback(self, current, PlaybackState.FAILED)
         elif isinstance(current, LiveRecording):
             self.engine.end_recording(self, current, RecordingState.DONE)

@@ -1,7 +1,13 @@
 """The simulated PBX: calls entering Stasis, snoop and externalMedia channels, bridges, hang-ups.
 
-Every operation is synchronous and emits its events in the order a real Asterisk 22.10.1 sent them
-(../shared/ari/traces), before the REST reply is written:
+Every operation emits its events in the order a real Asterisk 22.10.1 sent them (../shared/ari/traces),
+before the REST reply is written — except the Stasis entry of the helper channels the application
+creates (snoop, externalMedia). On a real Asterisk that entry runs on the new channel's own thread and
+often lands after the reply (FACTS.md, "Seen with real SIP calls": 10 of 110 calls used a helper before
+its StasisStart and got 409/422 "Channel not in Stasis application"). So by default it comes after a
+random delay (`stasis_delay_s`, drawn uniformly, seeded); `None` puts it before the reply, as the traces
+mostly show. A helper hung up, or whose snoop target went away, before that moment never enters Stasis.
+The events:
 - a caller: StasisStart (state Ring, args like ["100"]); answer → ChannelStateChange Up;
 - the far end hanging up: ChannelVarset RTPAUDIOQOS* ×5, ChannelHangupRequest (no cause), StasisEnd —
   no ChannelDestroyed (the channel went back to the dialplan); DELETE by the app: ChannelHangupRequest
@@ -20,14 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from rtcore.ari_sim.events import EventHub
 from rtcore.ari_sim.media import MediaEngine, MediaHooks
+from rtcore.ari_sim.sounds import SoundLibrary
 from rtcore.ari_sim.state import (
+    HANGUP_CAUSE_TEXT,
     OUTGOING_DIALPLAN,
+    RTP_QOS_VARIABLES,
     Bridge,
     CallerId,
     Channel,
@@ -44,38 +54,6 @@ log = logging.getLogger(__name__)
 SNOOP_TEARDOWN_DELAY_S = 0.014  # measured: a snoop's StasisEnd came ~14 ms after its target's
 EXPLICIT_SOFT_HANGUP = 32  # AST_SOFTHANGUP_EXPLICIT, what ChannelHangupRequest reports for DELETE
 NORMAL_CLEARING = 16
-HANGUP_CAUSE_TEXT = {
-    1: "Unallocated (unassigned) number",
-    16: "Normal Clearing",
-    17: "User busy",
-    18: "No user responding",
-    19: "User alerting, no answer",
-    21: "Call Rejected",
-    26: "Answered elsewhere",
-    28: "Invalid number format (incomplete number)",
-    31: "Normal, unspecified",
-    34: "Circuit/channel congestion",
-    38: "Network out of order",
-    58: "Bearer capability not available",
-    127: "Interworking, unspecified",
-}
-# What chan_pjsip sets on a caller as its RTP session ends (values from the traces; clients ignore them).
-RTP_QOS_VARIABLES = (
-    ("RTPAUDIOQOS", (
-        "ssrc=124312146;themssrc=235223118;lp=0;rxjitter=0.000000;rxcount=10;txjitter=0.000375;"
-        "txcount=50;rlp=0;rtt=0.000000;rxmes=0.000000;txmes=88.087887")),
-    ("RTPAUDIOQOSJITTER", (
-        "minrxjitter=000.000000;maxrxjitter=000.000750;avgrxjitter=000.000298;stdevrxjitter=000.000158;"
-        "mintxjitter=000.000000;maxtxjitter=000.000000;avgtxjitter=000.000000;stdevtxjitter=000.000000;")),
-    ("RTPAUDIOQOSLOSS", (
-        "  minrxlost=000.000000;  maxrxlost=000.000000;  avgrxlost=000.000000;  stdevrxlost=000.000000;  "
-        "mintxlost=000.000000;  maxtxlost=000.000000;  avgtxlost=000.000000;  stdevtxlost=000.000000;")),
-    ("RTPAUDIOQOSRTT", (
-        "     minrtt=000.000000;     maxrtt=000.000000;     avgrtt=000.000000;     stdevrtt=000.000000;")),
-    ("RTPAUDIOQOSMES", (
-        "   minrxmes=088.087887;   maxrxmes=088.087887;   avgrxmes=088.087887;   stdevrxmes=000.000000;   "
-        "mintxmes=000.000000;   maxtxmes=000.000000;   avgtxmes=000.000000;   stdevtxmes=000.000000;")),
-)
 
 
 class StasisAppNotRegistered(RuntimeError):
@@ -83,16 +61,21 @@ class StasisAppNotRegistered(RuntimeError):
 
 
 class SimulatedPbx:
-    def __init__(self, hub: EventHub, hooks: MediaHooks, sound_exists: Callable[[str], bool]) -> None:
+    def __init__(self, hub: EventHub, hooks: MediaHooks, sounds: SoundLibrary,
+                 stasis_delay_s: tuple[float, float] | None = (0.0, 0.05), seed: int | None = None) -> None:
+        if stasis_delay_s is not None and not 0.0 <= stasis_delay_s[0] <= stasis_delay_s[1]:
+            raise ValueError(f"stasis_delay_s must be (low, high) with 0 <= low <= high, not {stasis_delay_s!r}")
         self.hub = hub
         self.hooks = hooks
         self.ids = IdAllocator()
         self.channels: dict[str, Channel] = {}
         self.bridges: dict[str, Bridge] = {}
         self.started_at = ari_timestamp()
+        self.stasis_delay_s = stasis_delay_s
+        self._rng = random.Random(seed)
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
-        self.media = MediaEngine(hub, hooks, sound_exists, self.spawn)
+        self.media = MediaEngine(hub, hooks, sounds, self.spawn)
 
     # --- plumbing ------------------------------------------------------------------------------
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -135,13 +118,30 @@ class SimulatedPbx:
 
     def _enter_stasis(self, channel: Channel, app: str, args: list[str]) -> None:
         channel.app = app
+        channel.in_stasis = True
         channel.stasis_args = list(args)
         channel.enter_stasis_dialplan(app, args)
         self._emit_channel(channel, "StasisStart", {"args": list(args)})
 
+    def _helper_enters_stasis(self, channel: Channel, enter: Callable[[], None]) -> None:
+        """Runs a helper channel's Stasis entry now (stasis_delay_s None) or after a random delay, and
+        then only if the channel (and a snoop's target) is still there."""
+        def enter_if_alive() -> None:
+            alive = not channel.hanging_up and self.channels.get(channel.id) is channel
+            target = channel.snoop_target_id
+            if alive and (target is None or target in self.channels):
+                enter()
+            else:
+                log.debug("helper channel gone before entering Stasis", extra={"channel": channel.id})
+
+        if self.stasis_delay_s is None:
+            enter()
+        else:
+            self._later(self._rng.uniform(*self.stasis_delay_s), enter_if_alive)
+
     # --- callers -------------------------------------------------------------------------------
     def place_call(self, app: str, caller_number: str, caller_name: str, exten: str, args: list[str],
-                   endpoint: str, context: str) -> Channel:
+                   endpoint: str, context: str, language: str = "en", native_format: str = "ulaw") -> Channel:
         if not self.hub.is_registered(app):
             raise StasisAppNotRegistered(f"Stasis app '{app}' not registered: no events WebSocket holds it")
         channel = Channel(
@@ -153,6 +153,8 @@ class SimulatedPbx:
             creationtime=ari_timestamp(),
             protocol_id=self.ids.sip_call_id(),
             caller=CallerId(caller_name, caller_number),
+            language=language,
+            native_format=native_format,
         )
         self.channels[channel.id] = channel
         self._enter_stasis(channel, app, args)
@@ -179,10 +181,12 @@ class SimulatedPbx:
         self._emit_channel(channel, "ChannelHangupRequest", leading=leading)
         if qos and by_app:
             self._report_rtp_qos(channel)
+        was_in_stasis = channel.in_stasis
         self._leave_stasis(channel)
         if channel.kind is ChannelKind.EXTERNAL_MEDIA:
             # An ARI-originated channel stays subscribed after StasisEnd, so its destruction is reported.
-            self.set_variable(channel, "STASISSTATUS", "SUCCESS")
+            if was_in_stasis:
+                self.set_variable(channel, "STASISSTATUS", "SUCCESS")
             channel.dialplan = Dialplan(*OUTGOING_DIALPLAN)
             self._emit_channel(channel, "ChannelDestroyed",
                                {"cause": cause, "cause_txt": HANGUP_CAUSE_TEXT.get(cause, "Unknown")})
@@ -196,8 +200,9 @@ class SimulatedPbx:
         self.media.abort(channel)
         if channel.bridge_id is not None:
             self._leave_bridge(channel, self.bridges[channel.bridge_id])
-        if channel.app is not None:
+        if channel.in_stasis:
             self._emit_channel(channel, "StasisEnd")
+            channel.in_stasis = False
         if channel.kind is not ChannelKind.EXTERNAL_MEDIA:
             channel.app = None
 
@@ -239,10 +244,11 @@ class SimulatedPbx:
             snoop_target_id=target.id,
             spy=spy,
             whisper=whisper,
+            native_format="slin",
         )
         self.channels[snoop.id] = snoop
         reply = snoop.to_json()  # the reply is the snapshot from before Stasis (app_name "")
-        self._enter_stasis(snoop, app, [app_args] if app_args else [])
+        self._helper_enters_stasis(snoop, lambda: self._enter_stasis(snoop, app, [app_args] if app_args else []))
         return reply
 
     def create_external_media(self, app: str, media: ExternalMedia, data: str | None, channel_id: str | None,
@@ -274,9 +280,15 @@ class SimulatedPbx:
             variables={**variables, **channelvars},
             reply_channelvars=channelvars,
             media=media,
+            native_format=media.format,
         )
         self.channels[channel.id] = channel
         reply = channel.to_json(with_channelvars=True)
+        self._helper_enters_stasis(channel, lambda: self._answer_external_media(channel, app, dialstring, data))
+        return reply
+
+    def _answer_external_media(self, channel: Channel, app: str, dialstring: str, data: str | None) -> None:
+        """The originated channel answers and runs Stasis(app, data): Dial, Up, Dial ANSWER, StasisStart."""
         dial = {"dialstatus": "", "forward": "", "dialstring": dialstring, "peer": channel.to_json()}
         self.hub.emit([app], "Dial", dial)
         channel.state = "Up"
@@ -286,7 +298,6 @@ class SimulatedPbx:
         self.set_variable(channel, "STASISSTATUS", "")
         self._enter_stasis(channel, app, [data] if data else [])
         self.spawn(self.hooks.external_media_created(channel))
-        return reply
 
     # --- bridges -------------------------------------------------------------------------------
     def create_bridge(self, bridge_type: str, bridge_id: str | None, name: str, video_mode: str) -> Bridge:

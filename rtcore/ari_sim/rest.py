@@ -81,7 +81,7 @@ def find_control(pbx: SimulatedPbx, channel_id: str | None) -> Channel:
     channel = pbx.channels.get(channel_id or "")
     if channel is None:
         raise AriError(404, "Not Found", "Channel not found")
-    if channel.app is None:
+    if not channel.in_stasis:  # e.g. a snoop used before its own StasisStart (FACTS.md)
         raise AriError(409, "Conflict", "Channel not in Stasis application")
     return channel
 
@@ -107,7 +107,7 @@ def channel_list(pbx: SimulatedPbx, channel_ids: list[str]) -> list[Channel]:
         channel = pbx.channels.get(channel_id)
         if channel is None:
             raise AriError(400, "Bad Request", "Channel not found")
-        if channel.app is None:
+        if not channel.in_stasis:
             raise AriError(422, "Unprocessable Entity", "Channel not in Stasis application")
         channels.append(channel)
     return channels

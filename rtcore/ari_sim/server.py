@@ -8,7 +8,8 @@ REST Interface"`. Then routing and arguments (swagger.py), then the operation (r
 rest_bridges.py). Replies are compact JSON with Asterisk's status, reason phrase and `Server` header.
 
 The test (or `rtcore launch`) side drives the PBX: `place_call`, `send_dtmf`, `hangup` (the caller
-hangs up), `finish_media` (a media item plays to its end now), `drop_event_sockets`; and inspects it:
+hangs up), `finish_media` (a media item plays to its end now), `fail_playbacks` (media that fail as a
+broken file does), `drop_event_sockets`; and inspects it:
 `requests`, `events`, `channel()`, `playbacks`..., and `wait_for*` to wait without sleeping.
 
 Usage:
@@ -33,11 +34,12 @@ from typing import Any, NamedTuple, Self, TypeVar
 
 from aiohttp import hdrs, web
 
-from rtcore.ari_sim import rest_bridges  # noqa: F401  (registers the bridge, playback and recording handlers)
+from rtcore.ari_sim import rest_bridges, rest_sounds  # noqa: F401  (they register their handlers)
 from rtcore.ari_sim.events import ChangeNotifier, Event, EventHub, EventSubscriber, encode, trim
-from rtcore.ari_sim.media import MediaHooks, default_sound_exists
+from rtcore.ari_sim.media import MediaHooks
 from rtcore.ari_sim.pbx import SimulatedPbx
 from rtcore.ari_sim.rest import HANDLERS, Reply
+from rtcore.ari_sim.sounds import SoundLibrary
 from rtcore.ari_sim.state import (
     ASTERISK_VERSION,
     DEFAULT_ASTERISK_ID,
@@ -77,25 +79,34 @@ class AriSimulator:
         *,
         playback_duration: Callable[[str], float] | None = None,
         sounds: Collection[str] | Callable[[str], bool] | None = None,
+        sounds_dir: Path | None = None,
         hooks: MediaHooks | None = None,
         api_docs: Path | None = None,
         replace_apps: bool = False,
         asterisk_id: str = DEFAULT_ASTERISK_ID,
         history_limit: int | None = None,
+        stasis_delay_s: tuple[float, float] | None = (0.0, 0.05),
+        seed: int | None = None,
     ) -> None:
         """`playback_duration(media_uri)` gives each media item's length in seconds (default 1 s, a tone
-        until stopped); `sounds` says which `sound:` names exist (names, or a predicate; default: all
-        but "no-such*"); `hooks` replaces the timing-only media (and then `playback_duration` is unused);
+        until stopped); `sounds_dir` is Asterisk's sounds directory: `sound:` media are found, picked
+        and opened there as Asterisk does (sounds.py) and last as long as the file, and GET /sounds lists
+        it; without it, `sounds` says which `sound:` names exist (names, also listed by GET /sounds as if
+        each were `<name>.sln16`; or a predicate; default: all but "no-such*");
+        `hooks` replaces the timing-only media (and then `playback_duration` is unused);
         `replace_apps=True` makes a newer WebSocket take an application over as Asterisk does;
         `history_limit` bounds the events and requests kept for inspection (None: all, for tests;
-        a long-running embedded PBX keeps the last ones, with absolute `since` indices)."""
+        a long-running embedded PBX keeps the last ones, with absolute `since` indices);
+        `stasis_delay_s` is the range (seconds, uniform, `seed`ed) after which a snoop or externalMedia
+        channel enters Stasis, after the REST reply as on a real Asterisk; None: at once, before the reply."""
         self.app_name = app_name
         self.user = user
         self.password = password
         self.docs = ApiDocs.load(api_docs)
         self.notifier = ChangeNotifier()
         self.hub = EventHub(asterisk_id, self.notifier, replace_apps=replace_apps, history_limit=history_limit)
-        self.pbx = SimulatedPbx(self.hub, hooks or MediaHooks(playback_duration), _sound_predicate(sounds))
+        self.pbx = SimulatedPbx(self.hub, hooks or MediaHooks(playback_duration), SoundLibrary(sounds_dir, sounds),
+                                stasis_delay_s, seed)
         self.requests: list[RequestRecord] = []
         self.requests_trimmed = 0  # forgotten before requests[0] (history_limit)
         self.unknown_params: list[tuple[str, str, str]] = []  # (method, path, name): accepted and ignored
@@ -143,12 +154,15 @@ class AriSimulator:
     # --- driving the PBX -----------------------------------------------------------------------
     async def place_call(self, caller_number: str = "0612345678", caller_name: str = "", exten: str = "100",
                          args: list[str] | None = None, *, app: str | None = None, endpoint: str = "client",
-                         context: str = "from-sip") -> str:
+                         context: str = "from-sip", language: str = "en", native_format: str = "ulaw") -> str:
         """A SIP caller dials `exten` and enters Stasis(app, args or [exten]); returns its channel id.
 
+        `language` is the channel's (where its `sound:` files are looked up first); `native_format` its
+        codec (what a played file is translated to; real callers are 8 kHz G.711 µ-law).
         Raises StasisAppNotRegistered when no events WebSocket holds the application, as Asterisk fails then."""
         channel = self.pbx.place_call(app or self.app_name, caller_number, caller_name, exten,
-                                      [exten] if args is None else list(args), endpoint, context)
+                                      [exten] if args is None else list(args), endpoint, context,
+                                      language, native_format)
         return channel.id
 
     async def send_dtmf(self, channel_id: str, digit: str, duration_ms: int = 100) -> None:
@@ -163,6 +177,11 @@ class AriSimulator:
     async def finish_media(self, playback_id: str) -> None:
         """The playing media item of `playback_id` reaches its end now (natural end, not a stop)."""
         self.pbx.media.finish_media(playback_id)
+
+    def fail_playbacks(self, match: Callable[[str], bool], times: int = 1) -> None:
+        """The next `times` media items whose URI matches fail: PlaybackStarted, then PlaybackFinished
+        `failed` (PlaybackContinuing if more items follow in the same playback), as a broken file does."""
+        self.pbx.media.fail_playbacks(match, times)
 
     async def drop_event_sockets(self) -> None:
         """Drops every events WebSocket without a close frame, as a crash or network cut would."""
@@ -372,11 +391,3 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
     user, separator, password = decoded.partition(":")
     return (user, password) if separator else None
 
-
-def _sound_predicate(sounds: Collection[str] | Callable[[str], bool] | None) -> Callable[[str], bool]:
-    if sounds is None:
-        return default_sound_exists
-    if callable(sounds):
-        return sounds
-    known = frozenset(sounds)
-    return known.__contains__

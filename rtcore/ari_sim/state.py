@@ -24,6 +24,39 @@ DEFAULT_ASTERISK_ID = "02:fc:00:00:00:01"
 DEFAULT_LANGUAGE = "en"
 # Where an ARI-originated channel (externalMedia) sits outside Stasis: the dial's pseudo-application.
 OUTGOING_DIALPLAN = ("default", "s", 1, "AppDial2", "(Outgoing Line)")
+# ChannelDestroyed's cause_txt for a hang-up cause (ast_cause2str()).
+HANGUP_CAUSE_TEXT = {
+    1: "Unallocated (unassigned) number",
+    16: "Normal Clearing",
+    17: "User busy",
+    18: "No user responding",
+    19: "User alerting, no answer",
+    21: "Call Rejected",
+    26: "Answered elsewhere",
+    28: "Invalid number format (incomplete number)",
+    31: "Normal, unspecified",
+    34: "Circuit/channel congestion",
+    38: "Network out of order",
+    58: "Bearer capability not available",
+    127: "Interworking, unspecified",
+}
+# What chan_pjsip sets on a caller as its RTP session ends (values from the traces; clients ignore them).
+RTP_QOS_VARIABLES = (
+    ("RTPAUDIOQOS", (
+        "ssrc=124312146;themssrc=235223118;lp=0;rxjitter=0.000000;rxcount=10;txjitter=0.000375;"
+        "txcount=50;rlp=0;rtt=0.000000;rxmes=0.000000;txmes=88.087887")),
+    ("RTPAUDIOQOSJITTER", (
+        "minrxjitter=000.000000;maxrxjitter=000.000750;avgrxjitter=000.000298;stdevrxjitter=000.000158;"
+        "mintxjitter=000.000000;maxtxjitter=000.000000;avgtxjitter=000.000000;stdevtxjitter=000.000000;")),
+    ("RTPAUDIOQOSLOSS", (
+        "  minrxlost=000.000000;  maxrxlost=000.000000;  avgrxlost=000.000000;  stdevrxlost=000.000000;  "
+        "mintxlost=000.000000;  maxtxlost=000.000000;  avgtxlost=000.000000;  stdevtxlost=000.000000;")),
+    ("RTPAUDIOQOSRTT", (
+        "     minrtt=000.000000;     maxrtt=000.000000;     avgrtt=000.000000;     stdevrtt=000.000000;")),
+    ("RTPAUDIOQOSMES", (
+        "   minrxmes=088.087887;   maxrxmes=088.087887;   avgrxmes=088.087887;   stdevrxmes=000.000000;   "
+        "mintxmes=000.000000;   maxtxmes=000.000000;   avgtxmes=000.000000;   stdevtxmes=000.000000;")),
+)
 
 
 def ari_timestamp(epoch: float | None = None) -> str:
@@ -99,7 +132,14 @@ class Channel:
     connected: CallerId = field(default_factory=CallerId)
     accountcode: str = ""
     language: str = DEFAULT_LANGUAGE
-    app: str | None = None  # the Stasis application it is in; None before StasisStart and after StasisEnd
+    # The codec it talks natively: what a played file is translated to (callers: 8 kHz G.711 µ-law).
+    native_format: str = "ulaw"
+    # The application its events go to. An externalMedia channel has it from creation (the originate
+    # subscribes it, so its Dial events reach the app); others from StasisStart until StasisEnd.
+    app: str | None = None
+    # Between its StasisStart and its StasisEnd: only then do requests that need Stasis control work on it
+    # (find_control: 409, a bridge's channel list: 422 "Channel not in Stasis application").
+    in_stasis: bool = False
     stasis_args: list[str] = field(default_factory=list)
     variables: dict[str, str] = field(default_factory=dict)
     reply_channelvars: dict[str, str] | None = None  # only the externalMedia reply carries channelvars
@@ -174,6 +214,9 @@ class Playback:
     language: str
     state: PlaybackState = PlaybackState.QUEUED
     media_index: int = 0
+    # How long the current media item plays when the simulator found a real file for it (sounds_dir);
+    # None: the media hooks' playback_duration decides.
+    media_seconds: float | None = None
     cancelled: bool = False  # stopped while still queued: reported as done, finishes when its turn comes
 
     @property

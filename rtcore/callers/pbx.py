@@ -5,7 +5,9 @@ shares a bridge with a `spy=in` snoop of a caller, what that caller says goes ou
 (payload type 118, 640-byte payloads, big-endian, +1 sequence, +320 timestamp, first timestamp 320,
 random SSRC and first sequence) from the externalMedia channel's own UDP port to its
 external_host, every 20 ms in real time, with all-zero payloads while the caller is silent.
-Prompts play for their real duration (the rendered WAVs); a stopped prompt stops at once.
+Prompts play for their real duration: the simulator finds each `sound:` in its sounds directory as
+Asterisk would (the files `rtcore prompts install` wrote) and plays it as long as that file lasts; a
+stopped prompt stops at once.
 
 Each caller hears the bot's prompts (playback events of its channel) and, when a question it
 has a response for has played to its end, answers after a human-like pause: phrasebook audio,
@@ -22,15 +24,16 @@ import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import soundfile
 
-from rtcore.ari_sim import AriSimulator, MediaHooks
+from rtcore.ari_sim import AriSimulator, MediaHooks, StasisAppNotRegistered
 from rtcore.ari_sim.state import Bridge, Channel, LiveRecording, Playback
 from rtcore.callers.phrasebook import ANSWERS_BY_KEY, PRESENT, Clip
 from rtcore.callers.scenarios import Scenario, ScenarioRun, pick_scenario
@@ -60,9 +63,10 @@ class SimulatedCall:
 
 
 class CallerMedia(MediaHooks):
-    """MediaHooks with real audio: prompt durations from the rendered WAVs, RTP out of snoops."""
+    """MediaHooks with real audio: callers hear the prompts (for as long as the file the simulator picked
+    lasts, or `prompt_seconds(media_uri)` without a sounds directory), RTP goes out of snoops."""
 
-    def __init__(self, prompt_seconds: Callable[[str], float], recordings_dir: Path | None) -> None:
+    def __init__(self, recordings_dir: Path | None, prompt_seconds: Callable[[str], float] | None = None) -> None:
         super().__init__(prompt_seconds)
         self.pbx: CallerPbx | None = None
         self.recordings_dir = recordings_dir
@@ -111,6 +115,7 @@ class CallerPbx:
         self.snoop_owner: dict[str, str] = {}  # snoop channel id -> caller channel id
         self.placed = 0
         self.finished = 0
+        self.declined = 0  # placements Asterisk declined: no application registered
         self.outcomes_expected: dict[str, str] = {}
         self._sender: asyncio.Task[None] | None = None
 
@@ -266,7 +271,13 @@ class CallerPbx:
             for _ in range(min(concurrent, allowed, len(self.calls) + per_tick) - len(self.calls)):
                 if not more():
                     break
-                await self.place_call()
+                try:
+                    await self.place_call()
+                except StasisAppNotRegistered:
+                    # Nobody holds the application (the dialog is restarting): Asterisk declines
+                    # the call (603). The caller tries again at the next tick.
+                    self.declined += 1
+                    break
             await asyncio.sleep(TICK_S)
         deadline = loop.time() + grace_s
         while self.calls and loop.time() < deadline:

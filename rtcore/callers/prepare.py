@@ -1,5 +1,7 @@
-"""Getting a simulation ready before `rtcore launch` starts its processes: rendered prompts (their
-durations pace the simulated playbacks) and the calibrated phrasebook. Both are cached."""
+"""Getting a simulation ready before `rtcore launch` starts its processes: the prompts installed in the
+embedded PBX's sounds directory (`sim_sounds_path`, laid out as `rtcore prompts install` lays out a real
+Asterisk's, so the simulator finds and times them as Asterisk would) and the calibrated phrasebook.
+Both are cached."""
 
 from __future__ import annotations
 
@@ -21,10 +23,13 @@ def prepare_simulation(settings: Settings) -> dict[str, int]:
     from rtcore.dialog.script import load_script
     from rtcore.intents import default_classifier
     from rtcore.models import whisper_model_dir
-    from rtcore.prompts import build_prompts
+    from rtcore.prompts import install_prompts
     from rtcore.whisper import WhisperEngine, WhisperOptions
 
-    rendered = build_prompts(load_script(settings.dialog_script or None), settings.prompts_path, settings.tts_command)
+    installed = install_prompts(load_script(settings.dialog_script or None), settings.sim_sounds_path,
+                                settings.prompts_path, settings.tts_command)
+    for warning in installed.warnings:
+        log.warning("%s", warning)
     engine: list[WhisperEngine] = []  # loaded only if something needs calibrating
     classifier = default_classifier()
 
@@ -52,5 +57,5 @@ def prepare_simulation(settings: Settings) -> dict[str, int]:
         return result.intent, dict(result.slots)
 
     book = build_phrasebook(settings.model_cache_path / "phrasebook", recognize, classify)
-    return {"prompts": len(rendered), "phrase_variants": sum(len(c) for c in book.values()),
+    return {"prompts": len(installed.rendered), "phrase_variants": sum(len(c) for c in book.values()),
             "answers_usable": sum(1 for c in book.values() if c)}

@@ -99,6 +99,24 @@ class DialogEngine:
             return self._end(self.script.no_input.ending, [])
         return self._reply([self.script.states[self.state.state].reprompt])
 
+    def resume(self) -> Reply:
+        """A restarted dialog takes the call back: the current question again (after the script's
+        `recovery.resume` words), or, if the call was ending, its goodbye again."""
+        if self.ended:
+            ending = self.script.endings[self.state.ending] if self.state.ending in self.script.endings else None
+            return Reply([ending.prompt] if ending else [], hangup=True, outcome=self.state.outcome)
+        self.state.dtmf = ""  # digits typed before the break are not trusted to be complete
+        resume = [self.script.recovery.resume] if self.script.recovery.resume else []
+        return self._reply(resume + [self.script.states[self.state.state].prompt])
+
+    def fail(self) -> Reply:
+        """The call cannot go on (it cannot be taken back, or its prompts cannot be played): the
+        script's `recovery.ending` (outcome error), or a silent hang-up without one."""
+        if self.script.recovery.ending:
+            return self._end(self.script.recovery.ending, [])
+        self.state.outcome = "error"
+        return Reply([], hangup=True, outcome="error")
+
     def on_dtmf(self, digit: str) -> Reply | None:
         """A key pressed; in the zip-code state 5 digits (or digits then #) make a zip code answer."""
         if self.ended or self.state.state != "ask_zip_code" or self.script.states[self.state.state].on.get(

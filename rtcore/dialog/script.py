@@ -63,6 +63,14 @@ class NoInput:
 
 
 @dataclass(frozen=True)
+class Recovery:
+    """What a restarted dialog says to the calls it takes back (see script.yaml's header)."""
+
+    resume: str = ""  # a prompt said before the current question is asked again
+    ending: str = ""  # an ending (outcome error) for a call that cannot go on
+
+
+@dataclass(frozen=True)
 class DialogScript:
     start: str
     prompts: dict[str, Prompt]
@@ -71,6 +79,7 @@ class DialogScript:
     global_actions: dict[str, Action]
     counters: dict[str, int]
     no_input: NoInput
+    recovery: Recovery = field(default_factory=Recovery)
     source: str = field(default="", compare=False)
 
 
@@ -134,10 +143,16 @@ def _build(data: Any, source: str) -> DialogScript:
             raise ScriptError(f"states.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
                               "(known: prompt, reprompt, when)")
         states[name] = State(name, str(value.get("prompt", "")), str(value.get("reprompt") or value.get("prompt", "")), on)
+    recovery_data = _mapping(data.get("recovery", {}), "recovery")
+    unknown_keys = set(recovery_data) - {"resume", "ending"}
+    if unknown_keys:
+        raise ScriptError(f"recovery: unknown key(s) {', '.join(sorted(map(str, unknown_keys)))} (known: ending, resume)")
+    recovery = Recovery(str(recovery_data.get("resume") or ""), str(recovery_data.get("ending") or ""))
     global_actions = {str(i): _action(a, f"global.{i}") for i, a in _mapping(data.get("global", {}), "global").items()}
     for intent, prompt in _mapping(data.get("faq", {}), "faq").items():
         global_actions.setdefault(str(intent), Action(say=str(prompt)))
-    script = DialogScript(str(data["start"]), prompts, states, endings, global_actions, counters, no_input, source)
+    script = DialogScript(str(data["start"]), prompts, states, endings, global_actions, counters, no_input, recovery,
+                          source)
     _check(script)
     return script
 
@@ -152,6 +167,9 @@ def _check(s: DialogScript) -> None:
         raise ScriptError(f"start: unknown state {s.start!r}")
     if s.no_input.ending not in s.endings:
         raise ScriptError(f"no_input.ending: unknown ending {s.no_input.ending!r}")
+    prompt(s.recovery.resume, "recovery.resume")
+    if s.recovery.ending and s.recovery.ending not in s.endings:
+        raise ScriptError(f"recovery.ending: unknown ending {s.recovery.ending!r}")
     for ending in s.endings.values():
         prompt(ending.prompt, f"endings.{ending.name}")
         if not ending.prompt:
