@@ -691,12 +691,15 @@ async def test_unknown_query_parameters_are_ignored_and_recorded(sim: AriSimulat
 # --- events sockets --------------------------------------------------------------------------------
 async def test_events_go_to_the_subscribers_of_their_application(sim: AriSimulator,
                                                                  http: aiohttp.ClientSession) -> None:
+    # As on Asterisk, a second socket for an application takes it over: the first one is told so
+    # (ApplicationReplaced) and gets nothing more.
     first, second = await connect(http, sim), await connect(http, sim)
+    await first.match(lambda e: e["type"] == "ApplicationReplaced")
     other = await connect(http, sim, app="other")
     everything = EventReader(await http.ws_connect(sim.events_url("watcher", subscribe_all=True)))
-    await sim.wait_for_subscriber(count=2)
+    await sim.wait_for_subscriber(count=1)
     caller = await sim.place_call(args=["100", "x"])
-    for reader in (first, second, everything):
+    for reader in (second, everything):
         started = await reader.match(lambda e: e["type"] == "StasisStart")
         assert started["channel"]["id"] == caller and started["args"] == ["100", "x"]
         assert set(started) >= {"type", "timestamp", "application", "asterisk_id"}
@@ -705,9 +708,10 @@ async def test_events_go_to_the_subscribers_of_their_application(sim: AriSimulat
     callee = await sim.place_call(app="other")
     await other.match(about("StasisStart", callee))
     await sim.send_dtmf(caller, "1")  # a later voicebot event: once it is in, so would be a stray "other" one
-    await first.match(lambda e: e["type"] == "ChannelDtmfReceived")
+    await second.match(lambda e: e["type"] == "ChannelDtmfReceived")
     assert [e["channel"]["id"] for e in other.events] == [callee]
-    assert all(e["channel"]["id"] == caller for e in first.events)
+    assert all(e["channel"]["id"] == caller for e in second.events)
+    assert [e["type"] for e in first.events] == ["ApplicationReplaced"]
     for reader in (first, second, other, everything):
         await reader.close()
 
@@ -855,3 +859,30 @@ async def test_a_history_limit_bounds_what_a_long_run_keeps(http: aiohttp.Client
     assert 2 <= len(hub.history) <= 4 and hub.trimmed + len(hub.history) == before + 7
     assert (await simulator.wait_for(lambda e: e["type"] == "Probe", timeout=1.0, since=before + 5))["n"] == 5
     assert simulator.event_types(since=hub.trimmed + len(hub.history) - 1) == ["Probe"]
+
+
+async def test_an_application_whose_websocket_went_away_keeps_its_calls_but_declines_new_ones(
+        sim: AriSimulator, http: aiohttp.ClientSession) -> None:
+    """Measured on Asterisk 22.10.1: the application is deactivated, its channels stay in Stasis and
+    REST still works on them; its events are dropped; a new call is declined (603) until a socket
+    comes back, and that socket gets the old channels' new events (nothing is replayed)."""
+    reader = await connect(http, sim)
+    await sim.wait_for_subscriber()
+    caller = await sim.place_call()
+    await reader.close()
+    await sim.wait_until(lambda: sim.subscriber_count(APP) == 0)
+    status, app = await call(http, sim, "GET", f"/applications/{APP}")
+    assert status == 200 and app["channel_ids"] == [caller]
+    assert (await call(http, sim, "POST", f"/channels/{caller}/answer"))[0] == 204
+    with pytest.raises(StasisAppNotRegistered):
+        await sim.place_call()
+    back = await connect(http, sim)
+    await sim.wait_for_subscriber()
+    await sim.send_dtmf(caller, "5")
+    dtmf = await back.match(lambda e: e["type"] == "ChannelDtmfReceived")
+    assert dtmf["channel"]["id"] == caller and not any(e["type"] == "StasisStart" for e in back.events)
+    await sim.hangup(caller)
+    await back.match(about("StasisEnd", caller))
+    await back.close()
+    await sim.wait_until(lambda: sim.subscriber_count(APP) == 0)
+    assert (await call(http, sim, "GET", f"/applications/{APP}"))[0] == 404

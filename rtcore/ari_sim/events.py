@@ -5,9 +5,9 @@ sends). An event goes to the WebSockets subscribed to its application (`?app=a,b
 `subscribeAll=true` socket; each socket has its own FIFO outbox, so a socket sees events in emission
 order. Events emitted while no socket holds the application are lost, like Asterisk's.
 
-Real Asterisk lets one WebSocket hold an application at a time (a newer one takes it over and the
-older gets `ApplicationReplaced`); by default the simulator lets several sockets share one — the
-brief's test setups need that — and `replace_apps=True` restores Asterisk's behaviour.
+Real Asterisk lets one WebSocket hold an application at a time: a newer one takes it over and the
+older gets `ApplicationReplaced`, then nothing more (measured on Asterisk 22.10.1). The simulator
+does the same by default; `replace_apps=False` lets several sockets share one (an observer's).
 
 `ChangeNotifier` lets tests and drivers wait for a condition without sleeping: every event, request
 and socket change re-checks the pending waits.

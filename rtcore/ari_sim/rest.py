@@ -156,7 +156,9 @@ def list_applications(pbx: SimulatedPbx, args: Arguments) -> Reply:
 @handles("applications.get")
 def get_application(pbx: SimulatedPbx, args: Arguments) -> Reply:
     app = args.text("applicationName") or ""
-    if not pbx.hub.is_registered(app):
+    # An application whose WebSocket went away lives on, inactive, while it has channels or bridges.
+    in_use = any(c.app == app for c in pbx.channels.values()) or any(app in b.apps for b in pbx.bridges.values())
+    if not pbx.hub.is_registered(app) and not in_use:
         raise AriError(404, "Not Found", "Application not found")
     return ok(application_json(pbx, app))
 

@@ -82,7 +82,7 @@ class AriSimulator:
         sounds_dir: Path | None = None,
         hooks: MediaHooks | None = None,
         api_docs: Path | None = None,
-        replace_apps: bool = False,
+        replace_apps: bool = True,
         asterisk_id: str = DEFAULT_ASTERISK_ID,
         history_limit: int | None = None,
         stasis_delay_s: tuple[float, float] | None = (0.0, 0.05),
@@ -94,7 +94,8 @@ class AriSimulator:
         it; without it, `sounds` says which `sound:` names exist (names, also listed by GET /sounds as if
         each were `<name>.sln16`; or a predicate; default: all but "no-such*");
         `hooks` replaces the timing-only media (and then `playback_duration` is unused);
-        `replace_apps=True` makes a newer WebSocket take an application over as Asterisk does;
+        `replace_apps` (default, as Asterisk) makes a newer WebSocket take an application over (False:
+        sockets share it);
         `history_limit` bounds the events and requests kept for inspection (None: all, for tests;
         a long-running embedded PBX keeps the last ones, with absolute `since` indices);
         `stasis_delay_s` is the range (seconds, uniform, `seed`ed) after which a snoop or externalMedia
