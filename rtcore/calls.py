@@ -259,6 +259,9 @@ class CallController:
             if call.hangup_after_prompts:
                 await self.hangup(call)
             return
+        # Saved before the prompts are requested too: a process that dies while asking them must
+        # leave its successor the turn it took (the saved state says which question to ask again).
+        self.save(call)
         was_speaking = bool(call.playbacks)
         call.saying = True
         for name in reply.prompts:
