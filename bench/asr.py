@@ -6,7 +6,7 @@ Utterances: the reference files of ../shared/audio/fr (OSR 0041, leopard, cheeta
 VAD, as `rtcore transcribe` does; WER is corpus-level against refs/. Reference rows, run in the
 same invocation: seed-style (30 s window, beam 5, one utterance at a time) and WhisperLive-style
 (30 s window, batch 8; its 50 ms collection window is moot offline, where every batch is full).
-Utterances longer than window - margin go to a longer bucket (rtcore.batcher), as live.
+Utterances longer than window - margin go to a longer bucket (rtcore.asr.batcher), as live.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import os
 import time
 from pathlib import Path
 
-from rtcore.asr import transcribe_offline
-from rtcore.audio import load_audio
-from rtcore.batcher import BatchPolicy
-from rtcore.config import Settings
-from rtcore.evaluation import wer
-from rtcore.models import whisper_model_dir
-from rtcore.segmenter import SegmenterOptions, segment_streams
-from rtcore.vad import BatchedVad, SileroVad
-from rtcore.whisper import WhisperEngine, WhisperOptions
+from rtcore.asr.worker import transcribe_offline
+from rtcore.runtime.audio import load_audio
+from rtcore.asr.batcher import BatchPolicy
+from rtcore.runtime.config import Settings
+from rtcore.asr.evaluation import wer
+from rtcore.runtime.models import whisper_model_dir
+from rtcore.vad.segmenter import SegmenterOptions, segment_streams
+from rtcore.vad.silero import BatchedVad, SileroVad
+from rtcore.asr.whisper import WhisperEngine, WhisperOptions
 
 AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio" / "fr"
 FILES = ["OSR_fr_000_0041_8k", "leopard_test_fr", "cheetah_test_fr"]

@@ -18,9 +18,9 @@ import uuid
 
 import numpy as np
 
-from rtcore import messages as m
-from rtcore.bus import BusProxy, Publisher, Subscriber
-from rtcore.ring import AudioRings, RingSpec
+from rtcore.runtime import messages as m
+from rtcore.runtime.bus import BusProxy, Publisher, Subscriber
+from rtcore.runtime.ring import AudioRings, RingSpec
 
 SR = 16000
 

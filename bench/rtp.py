@@ -2,7 +2,7 @@
 
     python -m bench.rtp [--calls 1000] [--seconds 5] [--warmup 1]
 
-The capture is rtcore.capture.RtpCapture under uvloop with a 20 ms tick, as procs/rtp_capture.py
+The capture is rtcore.media.capture.RtpCapture under uvloop with a 20 ms tick, as procs/rtp_capture.py
 runs it (without the bus), in a child process pinned to one core. This process is the sender,
 pinned to another core: one UDP socket per call (each call has its own source port, as each
 Asterisk externalMedia channel does), 652-byte packets (12-byte header, 640-byte payload) every
@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import uvloop
 
-from rtcore.capture import CaptureOptions, RtpCapture, bind_rtp_socket
-from rtcore.ring import AudioRings, RingSpec, SlotLease
-from rtcore.rtp import RTP_HEADER
+from rtcore.media.capture import CaptureOptions, RtpCapture, bind_rtp_socket
+from rtcore.runtime.ring import AudioRings, RingSpec, SlotLease
+from rtcore.media.rtp import RTP_HEADER
 
 SAMPLES_PER_PACKET = 320
 PACKET_S = 0.02

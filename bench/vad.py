@@ -3,7 +3,7 @@
     python -m bench.vad [--calls 50,100,300,500] [--ticks 60]
 
 Each call slot holds real French speech (../shared/audio/fr when present, else a synthetic
-signal). "batched" is the live VAD path (rtcore.detector: ring reads, one Silero inference per
+signal). "batched" is the live VAD path (rtcore.vad.detector: ring reads, one Silero inference per
 tick for all calls, segmentation); "one-at-a-time" runs one inference per call per chunk, as a
 per-call VAD would. streams/core = calls x 32 ms / CPU time per tick (the process is pinned to one
 core and measured in CPU time, so the other core's load matters less).
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rtcore.audio import float_to_pcm16, load_audio
-from rtcore.detector import UtteranceDetector
-from rtcore.messages import CallStarted
-from rtcore.ring import AudioRings, RingSpec
-from rtcore.segmenter import SegmenterOptions
-from rtcore.vad import CHUNK, BatchedVad, SileroVad
+from rtcore.runtime.audio import float_to_pcm16, load_audio
+from rtcore.vad.detector import UtteranceDetector
+from rtcore.runtime.messages import CallStarted
+from rtcore.runtime.ring import AudioRings, RingSpec
+from rtcore.vad.segmenter import SegmenterOptions
+from rtcore.vad.silero import CHUNK, BatchedVad, SileroVad
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "audio" / "fr"
 

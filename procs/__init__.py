@@ -11,8 +11,8 @@ Each module runs `rtcore.process.run_process(main)`: library code in `rtcore/` d
 
 from __future__ import annotations
 
-from rtcore.config import Settings
-from rtcore.supervisor import ProcessSpec
+from rtcore.runtime.config import Settings
+from rtcore.runtime.supervisor import ProcessSpec
 
 
 def asr_service(settings: Settings) -> list[ProcessSpec]:

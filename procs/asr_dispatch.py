@@ -9,10 +9,10 @@ import time
 import msgspec
 import zmq
 
-from rtcore.bus import HWM, Publisher
-from rtcore.dispatch import AsrDispatcher
-from rtcore.messages import AsrCredit, MessageError, Transcript, UtteranceReady, decode, encode
-from rtcore.process import ProcessContext, run_process
+from rtcore.runtime.bus import HWM, Publisher
+from rtcore.asr.dispatch import AsrDispatcher
+from rtcore.runtime.messages import AsrCredit, MessageError, Transcript, UtteranceReady, decode, encode
+from rtcore.runtime.process import ProcessContext, run_process
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 1.0

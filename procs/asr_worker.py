@@ -9,14 +9,14 @@ import time
 import numpy as np
 import zmq
 
-from rtcore.asr import AsrWorker
-from rtcore.batcher import BatchPolicy
-from rtcore.bus import HWM
-from rtcore.messages import AsrCredit, MessageError, UtteranceReady, decode, encode
-from rtcore.models import whisper_model_dir
-from rtcore.process import ProcessContext, run_process
-from rtcore.ring import AudioRings
-from rtcore.whisper import WhisperEngine, WhisperOptions
+from rtcore.asr.worker import AsrWorker
+from rtcore.asr.batcher import BatchPolicy
+from rtcore.runtime.bus import HWM
+from rtcore.runtime.messages import AsrCredit, MessageError, UtteranceReady, decode, encode
+from rtcore.runtime.models import whisper_model_dir
+from rtcore.runtime.process import ProcessContext, run_process
+from rtcore.runtime.ring import AudioRings
+from rtcore.asr.whisper import WhisperEngine, WhisperOptions
 
 log = logging.getLogger(__name__)
 KEEPALIVE_S = 1.0

@@ -1,6 +1,6 @@
 """Dialog / ARI control process: ARI events, transcripts and speech starts in; prompts, call
-announcements and lead records out (rtcore.calls). Restarted after a crash, it takes back the
-calls in progress (rtcore.call_recovery) as soon as its events WebSocket connects."""
+announcements and lead records out (rtcore.dialog.calls). Restarted after a crash, it takes back the
+calls in progress (rtcore.dialog.recovery) as soon as its events WebSocket connects."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import time
 import uvloop
 import zmq
 
-from rtcore.ari.client import AriClient
-from rtcore.bus import Publisher, Subscriber
-from rtcore.calls import CallController
+from rtcore.dialog.ari.client import AriClient
+from rtcore.runtime.bus import Publisher, Subscriber
+from rtcore.dialog.calls import CallController
 from rtcore.dialog.script import load_script
 from rtcore.intents import intent_source
-from rtcore.leads import LeadStore
-from rtcore.messages import SpeechStarted, Transcript
-from rtcore.process import ProcessContext, run_process
-from rtcore.ring import AudioRings
+from rtcore.dialog.leads import LeadStore
+from rtcore.runtime.messages import SpeechStarted, Transcript
+from rtcore.runtime.process import ProcessContext, run_process
+from rtcore.runtime.ring import AudioRings
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 1.0

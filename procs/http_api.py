@@ -1,4 +1,4 @@
-"""The HTTP API process: the seed's Whisper HTTP service (rtcore.http_api) on http_host:http_port,
+"""The HTTP API process: the seed's Whisper HTTP service (rtcore.asr.http_api) on http_host:http_port,
 transcribing through the run's ASR dispatcher and workers.
 
 It reports ready once listening; its Metrics carry `listening_port` (the bound port, useful with
@@ -15,9 +15,9 @@ import time
 import uvloop
 from aiohttp import web
 
-from rtcore.http_api import API_KEY, PipelineTranscriber, check_audio_fits, create_app, listening_url
-from rtcore.process import ProcessContext, run_process
-from rtcore.ring import AudioRings
+from rtcore.asr.http_api import API_KEY, PipelineTranscriber, check_audio_fits, create_app, listening_url
+from rtcore.runtime.process import ProcessContext, run_process
+from rtcore.runtime.ring import AudioRings
 
 log = logging.getLogger(__name__)
 

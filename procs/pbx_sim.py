@@ -1,5 +1,5 @@
 """Embedded PBX process (when no ari_url is set): the ARI simulator with RTP media and simulated
-callers (rtcore.callers), placing calls as `rtcore launch --calls/--total-calls/--duration` asks."""
+callers (rtcore.sim.callers), placing calls as `rtcore launch --calls/--total-calls/--duration` asks."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import uvloop
 
-from rtcore.ari_sim import AriSimulator
-from rtcore.callers.pbx import CallerMedia, CallerPbx, load_human_clips
-from rtcore.callers.phrasebook import load_phrasebook
-from rtcore.process import ProcessContext, run_process
+from rtcore.sim.ari import AriSimulator
+from rtcore.sim.callers.pbx import CallerMedia, CallerPbx, load_human_clips
+from rtcore.sim.callers.phrasebook import load_phrasebook
+from rtcore.runtime.process import ProcessContext, run_process
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 1.0
@@ -29,7 +29,7 @@ def human_audio_dir(configured: str) -> Path:
 async def serve(ctx: ProcessContext) -> None:
     s = ctx.settings
     # The simulator's own Asterisk sounds directory, where launch installed the prompts
-    # (rtcore.callers.prepare): playbacks find, pick and time their files there as Asterisk would.
+    # (rtcore.sim.callers.prepare): playbacks find, pick and time their files there as Asterisk would.
     sounds_dir = s.sim_sounds_path
     if not sounds_dir.is_dir():
         log.warning("no sounds directory: every prompt will fail (run `rtcore prompts install --sounds-dir %s`)",

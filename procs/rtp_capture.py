@@ -1,4 +1,4 @@
-"""The RTP capture process: Asterisk's slin16 RTP into the shared-memory rings (rtcore.capture).
+"""The RTP capture process: Asterisk's slin16 RTP into the shared-memory rings (rtcore.media.capture).
 
 It learns which source belongs to which call slot from CallStarted / CallEnded on the bus, and
 ticks every 20 ms: reorder deadlines, heartbeat, and a Metrics report every second.
@@ -13,11 +13,11 @@ import time
 import uvloop
 import zmq
 
-from rtcore.bus import Subscriber
-from rtcore.capture import RtpCapture, open_capture
-from rtcore.messages import AnyMessage, CallEnded, CallStarted
-from rtcore.process import ProcessContext, run_process
-from rtcore.ring import AudioRings, SlotLease
+from rtcore.runtime.bus import Subscriber
+from rtcore.media.capture import RtpCapture, open_capture
+from rtcore.runtime.messages import AnyMessage, CallEnded, CallStarted
+from rtcore.runtime.process import ProcessContext, run_process
+from rtcore.runtime.ring import AudioRings, SlotLease
 
 log = logging.getLogger(__name__)
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 
-from rtcore.bus import AsrClient, Publisher, Subscriber
-from rtcore.detector import UtteranceDetector
-from rtcore.messages import CallEnded, CallStarted, ListenMode, UtteranceReady
-from rtcore.process import ProcessContext, run_process
-from rtcore.ring import AudioRings
-from rtcore.segmenter import SegmenterOptions
-from rtcore.vad import BatchedVad, SileroVad
+from rtcore.runtime.bus import AsrClient, Publisher, Subscriber
+from rtcore.vad.detector import UtteranceDetector
+from rtcore.runtime.messages import CallEnded, CallStarted, ListenMode, UtteranceReady
+from rtcore.runtime.process import ProcessContext, run_process
+from rtcore.runtime.ring import AudioRings
+from rtcore.vad.segmenter import SegmenterOptions
+from rtcore.vad.silero import BatchedVad, SileroVad
 
 TICK_S = 0.032
 REPORT_EVERY_S = 1.0

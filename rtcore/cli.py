@@ -1,7 +1,7 @@
 """The `rtcore` command.
 
 Every setting is also a flag (`--asr-batch-size 16`), layered over the config file and the
-RTCORE_* environment; see rtcore.config.
+RTCORE_* environment; see rtcore.runtime.config.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import typing
 from typing import Any, Callable, Sequence
 
-from rtcore.config import ConfigError, Settings, load_settings
+from rtcore.runtime.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger("rtcore")
 
@@ -46,9 +46,9 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 # --- subcommands -------------------------------------------------------------------------------
 def cmd_launch(args: argparse.Namespace, settings: Settings) -> int:
-    from rtcore.launcher import LaunchError, run_launch
-    from rtcore.logs import setup_logging
-    from rtcore.report import dump, format_report
+    from rtcore.launch.launcher import LaunchError, run_launch
+    from rtcore.runtime.logs import setup_logging
+    from rtcore.launch.report import dump, format_report
 
     setup_logging(settings, process="supervisor")
     stop_requested: list[int] = []
@@ -76,10 +76,10 @@ def cmd_launch(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """The Whisper HTTP service alone: the ASR dispatcher and workers plus the HTTP API (no Redis)."""
     from procs import http_service
-    from rtcore.http_api import listening_url
-    from rtcore.logs import setup_logging
-    from rtcore.models import whisper_model_dir
-    from rtcore.supervisor import Supervisor, SupervisorError
+    from rtcore.asr.http_api import listening_url
+    from rtcore.runtime.logs import setup_logging
+    from rtcore.runtime.models import whisper_model_dir
+    from rtcore.runtime.supervisor import Supervisor, SupervisorError
 
     setup_logging(settings, process="supervisor")
     log.info("rtcore serve, instance %r, settings: %s", settings.instance, json.dumps(settings.redacted()))
@@ -113,7 +113,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    from rtcore.models import silero_onnx_path, whisper_model_dir
+    from rtcore.runtime.models import silero_onnx_path, whisper_model_dir
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(json.dumps({"whisper": str(whisper_model_dir(settings, verify=args.verify)),
@@ -124,9 +124,9 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 def _segment_files(files: list[str], settings: Settings, command: str) -> tuple[list[str], list[Any], list[Any], int]:
     """Decode files (reporting the undecodable ones) and cut them into utterances, all files in one
     batched VAD inference per step, as the live VAD runs calls. (names, signals, utterances, failures)"""
-    from rtcore.audio import AudioError, load_audio
-    from rtcore.segmenter import SegmenterOptions, segment_streams
-    from rtcore.vad import BatchedVad, SileroVad
+    from rtcore.runtime.audio import AudioError, load_audio
+    from rtcore.vad.segmenter import SegmenterOptions, segment_streams
+    from rtcore.vad.silero import BatchedVad, SileroVad
 
     names, streams, failed = [], [], 0
     for name in files:
@@ -142,7 +142,7 @@ def _segment_files(files: list[str], settings: Settings, command: str) -> tuple[
 
 
 def cmd_segment(args: argparse.Namespace, settings: Settings) -> int:
-    from rtcore.audio import SAMPLE_RATE
+    from rtcore.runtime.audio import SAMPLE_RATE
 
     names, _, results, failed = _segment_files(args.files, settings, "segment")
     for name, utterances in zip(names, results):
@@ -157,11 +157,11 @@ def cmd_segment(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_transcribe(args: argparse.Namespace, settings: Settings) -> int:
-    from rtcore.asr import transcribe_offline
-    from rtcore.audio import SAMPLE_RATE
-    from rtcore.batcher import BatchPolicy
-    from rtcore.models import whisper_model_dir
-    from rtcore.whisper import WhisperEngine, WhisperOptions
+    from rtcore.asr.worker import transcribe_offline
+    from rtcore.runtime.audio import SAMPLE_RATE
+    from rtcore.asr.batcher import BatchPolicy
+    from rtcore.runtime.models import whisper_model_dir
+    from rtcore.asr.whisper import WhisperEngine, WhisperOptions
 
     names, streams, segments, failed = _segment_files(args.files, settings, "transcribe")
     engine = WhisperEngine(WhisperOptions.from_settings(settings, whisper_model_dir(settings)))
@@ -190,7 +190,7 @@ def cmd_transcribe(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_prompts(args: argparse.Namespace, settings: Settings) -> int:
     from rtcore.dialog.script import load_script
-    from rtcore.prompts import build_prompts, install_prompts
+    from rtcore.dialog.prompts import build_prompts, install_prompts
 
     script = load_script(settings.dialog_script or None)
     if args.prompts_command == "install":
@@ -220,7 +220,7 @@ def cmd_prompts(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_leads(args: argparse.Namespace, settings: Settings) -> int:
     import redis
 
-    from rtcore.leads import export_leads, read_leads
+    from rtcore.dialog.leads import export_leads, read_leads
 
     url = settings.redis_url or f"unix://{settings.run_path / 'redis.sock'}"
     client = redis.Redis.from_url(url, socket_timeout=5.0)
@@ -303,8 +303,8 @@ def cmd_intent(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench_load(args: argparse.Namespace, settings: Settings) -> int:
-    from rtcore.loadbench import run_bench
-    from rtcore.logs import setup_logging
+    from rtcore.launch.loadbench import run_bench
+    from rtcore.runtime.logs import setup_logging
 
     setup_logging(settings.model_copy(update={"log_level": "WARNING"}), process="bench")
 
@@ -419,9 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rtcore: {exc}", file=sys.stderr)
         return 2
     from rtcore.dialog.script import ScriptError
-    from rtcore.models import ModelError
-    from rtcore.prompts import PromptError
-    from rtcore.redis_server import RedisServerError
+    from rtcore.runtime.models import ModelError
+    from rtcore.dialog.prompts import PromptError
+    from rtcore.runtime.redis_server import RedisServerError
 
     try:
         result: Any = args.func(args, settings)

@@ -13,15 +13,15 @@ from typing import Any, Callable
 
 import redis
 
-from rtcore.ari.client import AriClient
-from rtcore.ari_sim import AriSimulator
-from rtcore.calls import CallController
+from rtcore.dialog.ari.client import AriClient
+from rtcore.sim.ari import AriSimulator
+from rtcore.dialog.calls import CallController
 from rtcore.dialog.script import DialogScript, load_script
 from rtcore.intents import EmbeddedIntentSource
-from rtcore.leads import Lead, LeadStore, read_leads
-from rtcore.messages import CallStarted, Message, Transcript
-from rtcore.redis_server import PrivateRedis
-from rtcore.ring import AudioRings, RingSpec
+from rtcore.dialog.leads import Lead, LeadStore, read_leads
+from rtcore.runtime.messages import CallStarted, Message, Transcript
+from rtcore.runtime.redis_server import PrivateRedis
+from rtcore.runtime.ring import AudioRings, RingSpec
 
 APP = "rtcore"
 USER, PASSWORD = "bot", "s3cret"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 
-from rtcore.process import ProcessContext, run_process
+from rtcore.runtime.process import ProcessContext, run_process
 
 
 def main(ctx: ProcessContext) -> None:

@@ -26,10 +26,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from rtcore.ari_sim import AriSimulator, MediaHooks, StasisAppNotRegistered
-from rtcore.ari_sim.sounds import find_sound
-from rtcore.ari_sim.state import Bridge, Channel, Playback, PlaybackState
-from rtcore.ari_sim.swagger import SHARED_API_DOCS, VENDORED_API_DOCS, ApiDocs, vendor_api_docs
+from rtcore.sim.ari import AriSimulator, MediaHooks, StasisAppNotRegistered
+from rtcore.sim.ari.sounds import find_sound
+from rtcore.sim.ari.state import Bridge, Channel, Playback, PlaybackState
+from rtcore.sim.ari.swagger import SHARED_API_DOCS, VENDORED_API_DOCS, ApiDocs, vendor_api_docs
 
 TRACES = Path(__file__).resolve().parent.parent.parent / "shared" / "ari" / "traces"
 USER, PASSWORD = "asterisk", "s3cret"
@@ -445,7 +445,7 @@ def test_sound_files_are_found_picked_and_opened_as_asterisk_does(tmp_path: Path
     assert found("c/p", codec="alaw") == ("c/p.alaw", 0.5)
     assert found("c/p", codec="slin16") == found("c/p", codec="g722") == ("c/p.sln16", 0.5)
     assert found("w/narrow") == ("w/narrow.wav", 0.5) and found("w/wide") == ("w/wide.wav16", 0.5)
-    caplog.set_level(logging.WARNING, logger="rtcore.ari_sim")
+    caplog.set_level(logging.WARNING, logger="rtcore.sim.ari")
     assert found("w/bad") is None
     assert "format_wav.c: Unexpected frequency mismatch 8000 (expecting 16000)" in caplog.messages
     assert found("w/both") is None  # measured: the 16 kHz .wav beats the .sln16 for µ-law, and fails

@@ -10,14 +10,14 @@ from typing import Callable, Iterator
 import pytest
 
 import procs
-from rtcore.audio import float_to_pcm16, load_audio
-from rtcore.bus import AsrClient, Publisher, Subscriber
-from rtcore.config import Settings
-from rtcore.messages import Transcript, UtteranceReady
-from rtcore.ring import SlotLease
-from rtcore.segmenter import SegmenterOptions, segment_streams
-from rtcore.supervisor import Supervisor
-from rtcore.vad import BatchedVad, SileroVad
+from rtcore.runtime.audio import float_to_pcm16, load_audio
+from rtcore.runtime.bus import AsrClient, Publisher, Subscriber
+from rtcore.runtime.config import Settings
+from rtcore.runtime.messages import Transcript, UtteranceReady
+from rtcore.runtime.ring import SlotLease
+from rtcore.vad.segmenter import SegmenterOptions, segment_streams
+from rtcore.runtime.supervisor import Supervisor
+from rtcore.vad.silero import BatchedVad, SileroVad
 from tests.conftest import require_shared_audio
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from rtcore.batcher import AsrBatcher, AsrRequest, BatchPolicy
+from rtcore.asr.batcher import AsrBatcher, AsrRequest, BatchPolicy
 
 POLICY = BatchPolicy(batch_size=3, max_wait_s=0.05, window_s=10.0, margin_s=5.0, step_s=10.0)
 

@@ -6,8 +6,8 @@ from typing import Iterator
 import pytest
 import zmq
 
-from rtcore import messages as m
-from rtcore.bus import BusProxy, ControlReceiver, ControlSender, Publisher, Subscriber
+from rtcore.runtime import messages as m
+from rtcore.runtime.bus import BusProxy, ControlReceiver, ControlSender, Publisher, Subscriber
 from tests.test_messages import EXAMPLES
 
 

@@ -12,11 +12,11 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from rtcore.ari_sim import AriSimulator
-from rtcore.calls import CallController
+from rtcore.sim.ari import AriSimulator
+from rtcore.dialog.calls import CallController
 from rtcore.dialog.script import load_script
 from rtcore.intents import EmbeddedIntentSource
-from rtcore.messages import CallEnded, CallStarted, ListenMode, SpeechStarted, TurnTaken
+from rtcore.runtime.messages import CallEnded, CallStarted, ListenMode, SpeechStarted, TurnTaken
 from tests.call_rig import APP, HAPPY, PASSWORD, USER, Rig, until
 from tests.conftest import SHARED
 
@@ -247,7 +247,7 @@ async def test_a_request_refused_as_not_in_stasis_is_retried_not_fatal(short_dir
         async def add_channels_refused_twice(bridge_id: str, channel_ids: list[str]) -> None:
             if refusals[0]:
                 refusals[0] -= 1
-                from rtcore.ari.client import AriError
+                from rtcore.dialog.ari.client import AriError
                 raise AriError("POST", f"/bridges/{bridge_id}/addChannel", 422, "Channel not in Stasis application")
             await real_add(bridge_id, channel_ids)
 

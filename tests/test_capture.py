@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import numpy as np
 import pytest
 
-from rtcore.bus import Publisher
-from rtcore.capture import CaptureOptions, RtpCapture, bind_rtp_socket, parse_source
-from rtcore.config import Settings
-from rtcore.messages import CallEnded, CallStarted, Metrics, decode, encode
-from rtcore.ring import AudioRings, RingSpec, SlotLease
-from rtcore.rtp import RTP_HEADER, unpack_slin16
-from rtcore.supervisor import ProcessSpec, Supervisor
+from rtcore.runtime.bus import Publisher
+from rtcore.media.capture import CaptureOptions, RtpCapture, bind_rtp_socket, parse_source
+from rtcore.runtime.config import Settings
+from rtcore.runtime.messages import CallEnded, CallStarted, Metrics, decode, encode
+from rtcore.runtime.ring import AudioRings, RingSpec, SlotLease
+from rtcore.media.rtp import RTP_HEADER, unpack_slin16
+from rtcore.runtime.supervisor import ProcessSpec, Supervisor
 from tests.conftest import REPO
 
 SSRC = 0x21398419

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rtcore.batcher import BatchPolicy
+from rtcore.asr.batcher import BatchPolicy
 from rtcore.cli import main as cli_main
-from rtcore.config import ConfigError, Settings, load_settings
+from rtcore.runtime.config import ConfigError, Settings, load_settings
 
 
 def test_defaults_hold_the_seed_values() -> None:

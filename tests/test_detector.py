@@ -6,12 +6,12 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from rtcore.audio import float_to_pcm16, load_audio, pcm16_to_float
-from rtcore.detector import UtteranceDetector
-from rtcore.messages import CallEnded, CallStarted, ListenMode, SpeechStarted, UtteranceReady
-from rtcore.ring import AudioRings, RingSpec, SlotLease
-from rtcore.segmenter import SegmenterOptions, segment_streams
-from rtcore.vad import BatchedVad, SileroVad
+from rtcore.runtime.audio import float_to_pcm16, load_audio, pcm16_to_float
+from rtcore.vad.detector import UtteranceDetector
+from rtcore.runtime.messages import CallEnded, CallStarted, ListenMode, SpeechStarted, UtteranceReady
+from rtcore.runtime.ring import AudioRings, RingSpec, SlotLease
+from rtcore.vad.segmenter import SegmenterOptions, segment_streams
+from rtcore.vad.silero import BatchedVad, SileroVad
 from tests.conftest import require_shared_audio
 
 PACKET = 320

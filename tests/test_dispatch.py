@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from rtcore.dispatch import AsrDispatcher
-from rtcore.messages import AsrCredit, Transcript, UtteranceReady
+from rtcore.asr.dispatch import AsrDispatcher
+from rtcore.runtime.messages import AsrCredit, Transcript, UtteranceReady
 
 
 def utt(i: int) -> UtteranceReady:

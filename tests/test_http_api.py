@@ -29,19 +29,19 @@ import pytest
 import zmq
 
 from procs import http_service
-from rtcore.audio import float_to_pcm16, load_audio
-from rtcore.bus import BusProxy, Publisher
-from rtcore.config import Settings
-from rtcore.http_api import (
+from rtcore.runtime.audio import float_to_pcm16, load_audio
+from rtcore.runtime.bus import BusProxy, Publisher
+from rtcore.runtime.config import Settings
+from rtcore.asr.http_api import (
     PipelineTranscriber,
     ServiceBusy,
     TranscriptionFailed,
     TranscriptionTimeout,
     check_audio_fits,
 )
-from rtcore.messages import Transcript, UtteranceReady, decode
-from rtcore.ring import AudioRings, RingSpec
-from rtcore.supervisor import ProcessSpec, Supervisor, SupervisorError
+from rtcore.runtime.messages import Transcript, UtteranceReady, decode
+from rtcore.runtime.ring import AudioRings, RingSpec
+from rtcore.runtime.supervisor import ProcessSpec, Supervisor, SupervisorError
 from tests.conftest import REPO, require_shared_audio
 
 SPEECH = "cheetah_test_fr.wav"  # "Les deux autres sont situés au bord de la mer jaune."
@@ -321,7 +321,7 @@ class FakeDispatcher:
         self._thread.join(10)
 
     def _run(self) -> None:
-        from rtcore.ring import SlotLease
+        from rtcore.runtime.ring import SlotLease
 
         router: zmq.Socket = zmq.Context.instance().socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
@@ -420,7 +420,7 @@ async def test_transcriber_failures(bus_and_rings: tuple[Settings, AudioRings]) 
 
 
 def test_decoded_upload_matches_load_audio(tmp_path: Path) -> None:
-    from rtcore.http_api import decode_upload
+    from rtcore.asr.http_api import decode_upload
 
     path = require_shared_audio(SPEECH)
     np.testing.assert_array_equal(decode_upload(path.read_bytes(), "x.wav", MAX_AUDIO_S), load_audio(path))
@@ -439,8 +439,8 @@ class _NoAudio:
 async def test_seed_intent_endpoints() -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
-    from rtcore.config import Settings
-    from rtcore.http_api import create_app
+    from rtcore.runtime.config import Settings
+    from rtcore.asr.http_api import create_app
 
     async with TestClient(TestServer(create_app(_NoAudio(), Settings()))) as client:  # real HTTP on loopback
         r = await client.post("/embedding_main/", json={"sentence": "soixante-quinze zéro onze", "state": "ask_zip_code"})
@@ -463,7 +463,7 @@ async def test_seed_intent_endpoints() -> None:
 def test_a_restarted_http_api_frees_the_slots_its_predecessor_held_and_only_those(
         bus_and_rings: tuple[Settings, AudioRings]) -> None:
     settings, rings = bus_and_rings
-    from rtcore.ring import SlotOwner
+    from rtcore.runtime.ring import SlotOwner
 
     call = rings.allocate(SlotOwner.CALL)
     rings.allocate(SlotOwner.HTTP)  # a request in flight when the previous API process died

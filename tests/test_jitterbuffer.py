@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from rtcore.jitterbuffer import MAX_DROPOUT, Item, JitterBuffer
+from rtcore.media.jitterbuffer import MAX_DROPOUT, Item, JitterBuffer
 
 SSRC = 0x21398419
 SAMPLES = 320  # 20 ms at 16 kHz

@@ -15,10 +15,10 @@ from pathlib import Path
 import psutil
 import redis
 
-from rtcore.config import Settings
-from rtcore.launcher import simulated_load_settings
-from rtcore.leads import read_leads
-from rtcore.redis_server import PrivateRedis
+from rtcore.runtime.config import Settings
+from rtcore.launch.launcher import simulated_load_settings
+from rtcore.dialog.leads import read_leads
+from rtcore.runtime.redis_server import PrivateRedis
 from tests.conftest import REPO
 
 OUTCOMES = {"qualified", "not_eligible", "refused", "abandoned", "error"}

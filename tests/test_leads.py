@@ -8,8 +8,8 @@ from pathlib import Path
 
 import redis
 
-from rtcore.leads import Lead, LeadStore, Turn, export_leads, read_leads
-from rtcore.redis_server import PrivateRedis
+from rtcore.dialog.leads import Lead, LeadStore, Turn, export_leads, read_leads
+from rtcore.runtime.redis_server import PrivateRedis
 
 
 async def until(condition, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rtcore.loadbench import BASELINES, Row, capacity, markdown, plot, summarise, systems_to_run
+from rtcore.launch.loadbench import BASELINES, Row, capacity, markdown, plot, summarise, systems_to_run
 
 
 def report(p95: float, dropped: int = 0, total: int = 40) -> dict:  # type: ignore[type-arg]

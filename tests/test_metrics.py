@@ -5,9 +5,9 @@ import signal
 import urllib.request
 from typing import Callable
 
-from rtcore.config import Settings
-from rtcore.metrics import serve_metrics
-from rtcore.supervisor import Supervisor
+from rtcore.runtime.config import Settings
+from rtcore.runtime.metrics import serve_metrics
+from rtcore.runtime.supervisor import Supervisor
 from tests.test_supervisor import poll_until, probe
 
 

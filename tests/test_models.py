@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtcore import models
-from rtcore.config import Settings
-from rtcore.models import ModelError, assemble_whisper_base, silero_onnx_path, whisper_model_dir
+from rtcore.runtime import models
+from rtcore.runtime.config import Settings
+from rtcore.runtime.models import ModelError, assemble_whisper_base, silero_onnx_path, whisper_model_dir
 from tests.conftest import require_shared_audio
 
 

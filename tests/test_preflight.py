@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from rtcore.ari.preflight import PreflightError, asterisk_info
-from rtcore.ari_sim import AriSimulator
+from rtcore.dialog.ari.preflight import PreflightError, asterisk_info
+from rtcore.sim.ari import AriSimulator
 from rtcore.dialog.script import load_script
 from tests.conftest import REPO
 

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from rtcore.ari_sim import AriSimulator
+from rtcore.sim.ari import AriSimulator
 from rtcore.dialog.script import DialogScript, Prompt, load_script
-from rtcore.prompts import MANIFEST, build_prompts, check_installed, install_prompts
+from rtcore.dialog.prompts import MANIFEST, build_prompts, check_installed, install_prompts
 from tests.conftest import REPO
 
 COMMAND = "espeak-ng -v fr+f3 -s 150 --stdin -w {out}"
@@ -171,7 +171,7 @@ async def test_a_16_khz_wav_fails_as_on_asterisk(tmp_path: Path, caplog: pytest.
     shutil.copy(tmp_path / "rtcore" / "wide.wav", tmp_path / "rtcore" / "both.wav")
     (tmp_path / "rtcore" / "both.sln16").write_bytes(bytes(16000))  # the .wav still wins for µ-law
     (tmp_path / "rtcore" / "wide16.sln16").write_bytes(bytes(16000))  # .sln16 alone plays
-    caplog.set_level(logging.WARNING, logger="rtcore.ari_sim")
+    caplog.set_level(logging.WARNING, logger="rtcore.sim.ari")
     async with AriSimulator(APP, USER, PASSWORD, sounds_dir=tmp_path) as sim:
         played = await play_to_callers(sim, ["sound:rtcore/wide", "sound:rtcore/narrow", "sound:rtcore/both",
                                              "sound:rtcore/wide16"])
@@ -256,8 +256,8 @@ def test_install_into_an_unwritable_directory_is_a_clear_error(tmp_path: Path) -
 
 async def test_simulated_callers_hear_the_installed_prompts(built: Path, script: DialogScript, tmp_path: Path) -> None:
     """The embedded PBX's callers (CallerMedia) hear a prompt for as long as its installed file lasts."""
-    from rtcore.callers.pbx import CallerMedia, CallerPbx, SimulatedCall
-    from rtcore.callers.scenarios import SCENARIOS
+    from rtcore.sim.callers.pbx import CallerMedia, CallerPbx, SimulatedCall
+    from rtcore.sim.callers.scenarios import SCENARIOS
 
     heard: list[tuple[str, str]] = []
 

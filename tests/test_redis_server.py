@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from rtcore.redis_server import PrivateRedis, RedisServerError
+from rtcore.runtime.redis_server import PrivateRedis, RedisServerError
 from tests.conftest import REPO
 
 

@@ -10,7 +10,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from rtcore.ring import (AudioRings, NoFreeSlotError, NotYetWrittenError, OverrunError, RingError, RingSpec,
+from rtcore.runtime.ring import (AudioRings, NoFreeSlotError, NotYetWrittenError, OverrunError, RingError, RingSpec,
                          SlotLease, StaleSlotError, segment_name, sweep_leftovers)
 
 
@@ -152,7 +152,7 @@ def test_sweep_removes_only_this_instances_segments() -> None:
 
 WRITER = textwrap.dedent("""
     import sys, numpy as np
-    from rtcore.ring import AudioRings, RingSpec, SlotLease
+    from rtcore.runtime.ring import AudioRings, RingSpec, SlotLease
     spec = RingSpec(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
     lease = SlotLease(int(sys.argv[4]), int(sys.argv[5]))
     rings = AudioRings.attach(spec)

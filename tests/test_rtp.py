@@ -4,8 +4,8 @@ import struct
 
 import pytest
 
-from rtcore.rtp import MAX_RTP_PACKET_SIZE, RtpPacket, check_slin16, unpack_slin16
-from rtcore.seqnum import uint16_add, uint16_diff, uint16_gt, uint16_gte, uint32_add, uint32_diff
+from rtcore.media.rtp import MAX_RTP_PACKET_SIZE, RtpPacket, check_slin16, unpack_slin16
+from rtcore.media.seqnum import uint16_add, uint16_diff, uint16_gt, uint16_gte, uint32_add, uint32_diff
 
 # First packet of /work/shared/ari/traces/seed-topology-call.rtp-headers.jsonl (Asterisk 22, slin16).
 ASTERISK_HEADER = bytes.fromhex("80766d820000014021398419")

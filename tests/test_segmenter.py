@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from rtcore.audio import load_audio
-from rtcore.segmenter import Segmenter, SegmenterOptions, SpeechStart, Utterance, segment_streams
-from rtcore.vad import CHUNK, BatchedVad, SileroVad
+from rtcore.runtime.audio import load_audio
+from rtcore.vad.segmenter import Segmenter, SegmenterOptions, SpeechStart, Utterance, segment_streams
+from rtcore.vad.silero import CHUNK, BatchedVad, SileroVad
 from tests.conftest import REPO, require_shared_audio
 
 OPTS = SegmenterOptions(threshold=0.5, silence_chunks=3, context_chunks=2, max_samples=20 * CHUNK,

@@ -13,9 +13,9 @@ from typing import Callable
 import pytest
 import redis
 
-from rtcore.config import Settings
-from rtcore.ring import AudioRings, SHM_PREFIX
-from rtcore.supervisor import ProcessSpec, Supervisor, SupervisorError
+from rtcore.runtime.config import Settings
+from rtcore.runtime.ring import AudioRings, SHM_PREFIX
+from rtcore.runtime.supervisor import ProcessSpec, Supervisor, SupervisorError
 from tests.conftest import REPO
 
 PROBE_ENV = {"PYTHONPATH": str(REPO)}
@@ -136,8 +136,8 @@ def test_private_redis_runs_with_the_supervisor(make_settings: Callable[..., Set
 
 DRIVER = textwrap.dedent("""
     import json, sys
-    from rtcore.config import Settings
-    from rtcore.supervisor import ProcessSpec, Supervisor
+    from rtcore.runtime.config import Settings
+    from rtcore.runtime.supervisor import ProcessSpec, Supervisor
     settings = Settings.model_validate_json(sys.argv[1])
     sup = Supervisor(settings, [ProcessSpec("probe", "tests.child_probe", env={"PYTHONPATH": sys.argv[2]})])
     sup.start()

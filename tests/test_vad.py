@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtcore.audio import load_audio
-from rtcore.vad import CHUNK, BatchedVad, SileroVad
+from rtcore.runtime.audio import load_audio
+from rtcore.vad.silero import CHUNK, BatchedVad, SileroVad
 from tests.conftest import require_shared_audio
 
 

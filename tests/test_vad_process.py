@@ -3,11 +3,11 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from rtcore.audio import float_to_pcm16, load_audio
-from rtcore.bus import Publisher, Subscriber
-from rtcore.config import Settings
-from rtcore.messages import CallStarted, SpeechStarted, UtteranceReady
-from rtcore.supervisor import ProcessSpec, Supervisor
+from rtcore.runtime.audio import float_to_pcm16, load_audio
+from rtcore.runtime.bus import Publisher, Subscriber
+from rtcore.runtime.config import Settings
+from rtcore.runtime.messages import CallStarted, SpeechStarted, UtteranceReady
+from rtcore.runtime.supervisor import ProcessSpec, Supervisor
 from tests.conftest import require_shared_audio
 
 

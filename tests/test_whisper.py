@@ -7,15 +7,15 @@ import sys
 import numpy as np
 import pytest
 
-from rtcore.asr import transcribe_offline
-from rtcore.audio import load_audio
-from rtcore.batcher import BatchPolicy
-from rtcore.config import Settings
-from rtcore.evaluation import wer
-from rtcore.models import whisper_model_dir
-from rtcore.segmenter import SegmenterOptions, segment_streams
-from rtcore.vad import BatchedVad, SileroVad
-from rtcore.whisper import WhisperEngine, WhisperOptions
+from rtcore.asr.worker import transcribe_offline
+from rtcore.runtime.audio import load_audio
+from rtcore.asr.batcher import BatchPolicy
+from rtcore.runtime.config import Settings
+from rtcore.asr.evaluation import wer
+from rtcore.runtime.models import whisper_model_dir
+from rtcore.vad.segmenter import SegmenterOptions, segment_streams
+from rtcore.vad.silero import BatchedVad, SileroVad
+from rtcore.asr.whisper import WhisperEngine, WhisperOptions
 from tests.conftest import AUDIO_FR, REPO, require_shared_audio
 
 REF_FILES = ["OSR_fr_000_0041_8k", "leopard_test_fr", "cheetah_test_fr"]

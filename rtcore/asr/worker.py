@@ -1,0 +1,116 @@
+"""An ASR worker's work, as library code: utterance ranges in -> batched Whisper -> transcripts.
+
+The worker reads each utterance's audio from the call's ring by absolute sample range (an
+overrun or a slot already reused yields an error transcript for that utterance, not a crash),
+queues it in the batcher, and runs a batch when one is due. procs/asr_worker.py wires it to the
+dispatcher's socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from rtcore.runtime.audio import pcm16_to_float
+from rtcore.asr.batcher import AsrBatcher, AsrRequest, BatchPolicy
+from rtcore.runtime.messages import Transcript, UtteranceReady
+from rtcore.runtime.ring import AudioRings, RingError, SlotLease
+from rtcore.asr.whisper import WhisperEngine, WhisperResult
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+SLOW_BATCH_S = 2.0  # a batch this slow is logged: it is what sets the latency tail
+
+
+class AsrWorker:
+    def __init__(self, name: str, engine: WhisperEngine, policy: BatchPolicy, rings: AudioRings | None,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+        self.name = name
+        self.engine = engine
+        self.batcher = AsrBatcher(policy)
+        self.rings = rings
+        self._clock = clock
+        self._wall = wall_clock
+        self.batches = 0
+        self.utterances = 0
+        self.errors = 0
+        self.flagged = 0
+
+    @property
+    def capacity(self) -> int:
+        """Utterances to hold at once: the batch being run and the next one filling meanwhile;
+        more stays at the dispatcher, where any free worker can take it."""
+        return 2 * self.batcher.policy.batch_size
+
+    def accept(self, utterance: UtteranceReady) -> Transcript | None:
+        """Queue an utterance; returns an error transcript at once if its audio cannot be read."""
+        if self.rings is None:
+            raise RuntimeError("this worker has no rings to read utterances from")
+        try:
+            pcm = self.rings.read(SlotLease(utterance.slot, utterance.generation),
+                                  utterance.start_sample, utterance.end_sample)
+        except (RingError, ValueError) as exc:
+            self.errors += 1
+            log.error("utterance %s: %s", utterance.utterance_id, exc)
+            return Transcript(utterance_id=utterance.utterance_id, call_id=utterance.call_id, text="",
+                              error=str(exc), eos_at=utterance.eos_at, worker=self.name)
+        self.batcher.add(AsrRequest(utterance.utterance_id, pcm16_to_float(pcm), self._clock(),
+                                    language=utterance.language, meta=utterance))
+        return None
+
+    def next_deadline(self) -> float:
+        return self.batcher.next_deadline()
+
+    def run_due(self, flush: bool = False, while_waiting: Callable[[], None] | None = None) -> list[Transcript]:
+        """Run the most urgent due batch, if any; its transcripts. `while_waiting` is called
+        about every 20 ms while the model runs (heartbeats)."""
+        batch = self.batcher.pop_due(self._clock(), flush=flush)
+        if not batch:
+            return []
+        started = self._clock()
+        results, timing = self.engine.transcribe([r.audio for r in batch], batch[0].window_s,
+                                                 [r.language for r in batch], while_waiting)
+        self.batches += 1
+        if timing.inference_s > SLOW_BATCH_S:
+            reasons = [r.reason for r in results if r.reason]
+            log.warning("slow batch: %d utterances (%.1f s of audio at most) in a %g s window took %.2f s%s",
+                        len(batch), max(r.duration_s for r in batch), timing.window_s, timing.inference_s,
+                        f"; flagged: {', '.join(reasons)}" if reasons else "")
+        out = []
+        for request, result in zip(batch, results):
+            utterance: UtteranceReady = request.meta
+            self.utterances += 1
+            self.flagged += result.hallucination
+            out.append(Transcript(
+                utterance_id=utterance.utterance_id, call_id=utterance.call_id, text=result.text,
+                avg_logprob=result.avg_logprob, no_speech_prob=result.no_speech_prob,
+                hallucination=result.hallucination, error="", eos_at=utterance.eos_at,
+                queue_ms=(started - request.enqueued_at) * 1000, features_ms=timing.features_s * 1000,
+                inference_ms=timing.inference_s * 1000, batch_size=len(batch), worker=self.name,
+                window_s=timing.window_s))
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        return {"batches": float(self.batches), "utterances": float(self.utterances),
+                "mean_batch": self.utterances / self.batches if self.batches else 0.0,
+                "errors": float(self.errors), "flagged": float(self.flagged), "queued": float(len(self.batcher))}
+
+
+def transcribe_offline(engine: WhisperEngine, policy: BatchPolicy,
+                       items: list[tuple[str, "npt.NDArray[np.float32]"]], language: str = ""
+                       ) -> dict[str, WhisperResult]:
+    """Whole files' utterances at once (`rtcore transcribe`, benchmarks): the same batcher, every
+    batch due at once, so each batch is as full as the length buckets allow."""
+    batcher = AsrBatcher(policy)
+    for key, audio in items:
+        batcher.add(AsrRequest(key, audio, 0.0, language=language))
+    results: dict[str, WhisperResult] = {}
+    while batch := batcher.pop_due(0.0, flush=True):
+        outputs, _ = engine.transcribe([r.audio for r in batch], batch[0].window_s, [r.language for r in batch])
+        results.update((r.key, out) for r, out in zip(batch, outputs))
+    return results

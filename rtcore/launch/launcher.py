@@ -1,0 +1,177 @@
+"""A whole run: supervisor, pipeline, (embedded PBX and its load), report. What `rtcore launch`
+and `rtcore bench load` both do."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Callable
+
+import redis
+
+from rtcore.runtime.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+def simulated_load_settings(settings: Settings, calls: int | None, total_calls: int | None,
+                            duration_s: float | None) -> Settings:
+    """The settings of a simulated load: its size, and call slots enough for it."""
+    settings = settings.model_copy(update={
+        k: v for k, v in (("sim_calls", calls), ("sim_total_calls", total_calls),
+                          ("sim_duration_s", duration_s)) if v is not None})
+    # A replacement call arrives as soon as one ends, before every process has let its slot go
+    # (and freed slots rest before reuse): leave headroom, or the load would be refused for want
+    # of call slots.
+    needed = settings.sim_calls + max(8, settings.sim_calls // 4)
+    if settings.max_calls < needed:
+        log.info("max_calls raised from %d to %d for %d simulated calls", settings.max_calls, needed,
+                 settings.sim_calls)
+        settings = settings.model_copy(update={"max_calls": needed})
+    return settings
+
+
+def check_asterisk_first(settings: Settings) -> None:
+    """The configured Asterisk answers, accepts our credentials and has every prompt (LaunchError if not)."""
+    import asyncio
+
+    from rtcore.dialog.ari.preflight import PreflightError, check_asterisk
+    from rtcore.dialog.script import load_script
+
+    script = load_script(settings.dialog_script or None)
+    try:
+        check = asyncio.run(check_asterisk(settings.ari_url, settings.ari_user,
+                                           settings.ari_password.get_secret_value(), settings.ari_app, script,
+                                           settings.ari_timeout, settings.ari_wait))
+    except PreflightError as exc:
+        raise LaunchError(str(exc)) from None
+    for warning in check.warnings:
+        log.warning("%s", warning)
+    log.info("Asterisk %s at %s: credentials accepted, %d prompts installed", check.version, settings.ari_url,
+             check.prompts)
+
+
+def left_behind(supervisor: Any, wait_s: float = 5.0) -> dict[str, int]:
+    """Once every call has ended: what is still held, which should be nothing: call slots in the
+    rings, and our channels and bridges in the (embedded) Asterisk. Clean-up of the last calls runs
+    just after their end, so this waits up to `wait_s` for it."""
+    import asyncio
+
+    from rtcore.dialog.ari.client import AriClient, AriError
+    from rtcore.dialog.recovery import take_inventory
+    from rtcore.runtime.ring import SlotOwner
+
+    s = supervisor.settings
+
+    async def count() -> dict[str, int]:
+        async with AriClient(s.ari_base_url, s.ari_user, s.ari_password.get_secret_value(), s.ari_app, 5.0) as ari:
+            inventory = take_inventory(s.ari_app, await ari.channels(), await ari.bridges())
+        helpers = [h for hs in inventory.helpers.values() for h in hs]
+        return {"call_slots": len(supervisor.rings.in_use(SlotOwner.CALL)) if supervisor.rings else 0,
+                "calls": len(inventory.callers), "channels": sum(not h.endswith("-bridge") for h in helpers),
+                "bridges": sum(h.endswith("-bridge") for h in helpers)}
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            counts = asyncio.run(count())
+        except AriError as exc:
+            log.warning("cannot count what the run left behind: %s", exc)
+            return {}
+        if not any(counts.values()) or time.monotonic() >= deadline:
+            return counts
+        time.sleep(0.2)
+
+
+def run_launch(settings: Settings, calls: int | None = None, total_calls: int | None = None,
+               duration_s: float | None = None, should_stop: Callable[[], bool] = lambda: False,
+               progress: Callable[[str], None] | None = None, progress_every_s: float = 5.0) -> dict[str, Any]:
+    """Run until the simulated load is done (every call placed and ended), `should_stop()`, or,
+    against a real Asterisk, `duration_s`; returns the report (rtcore.launch.report)."""
+    # Before any model is loaded: what is missing or misconfigured stops us within seconds.
+    if not settings.redis_url:
+        from rtcore.runtime.redis_server import require_redis_server
+
+        require_redis_server()
+    if settings.ari_url:
+        check_asterisk_first(settings)
+    from procs import pipeline
+    from rtcore.runtime.bus import Subscriber
+    from rtcore.dialog.leads import read_leads
+    from rtcore.runtime.messages import CallEnded, CallStarted, Transcript, TurnTaken, UtteranceReady
+    from rtcore.runtime.metrics import serve_metrics
+    from rtcore.runtime.models import whisper_model_dir
+    from rtcore.launch.report import CpuMeter, LoadCollector, build_report, percentiles
+    from rtcore.runtime.supervisor import Supervisor, SupervisorError
+
+    simulated = not settings.ari_url
+    if simulated:
+        settings = simulated_load_settings(settings, calls, total_calls, duration_s)
+    log.info("rtcore launch, instance %r, settings: %s", settings.instance, json.dumps(settings.redacted()))
+    whisper_model_dir(settings)  # assembled once here, not concurrently in every ASR worker
+    if simulated:
+        from rtcore.sim.callers.prepare import prepare_simulation
+
+        log.info("embedded PBX: %s", prepare_simulation(settings))
+    supervisor = Supervisor(settings, pipeline(settings))
+    try:
+        supervisor.start()
+    except SupervisorError as exc:
+        raise LaunchError(str(exc)) from None
+    cleanups: list[Callable[[], None]] = []
+    try:
+        if settings.metrics_port:
+            _, stop_metrics = serve_metrics(supervisor, settings.http_host, settings.metrics_port)
+            cleanups.append(stop_metrics)
+            log.info("Prometheus metrics on http://%s:%d/metrics", settings.http_host, settings.metrics_port)
+        collector = LoadCollector(Subscriber(supervisor.settings.endpoint("bus_sub"),
+                                             [CallStarted, CallEnded, UtteranceReady, Transcript, TurnTaken]))
+        cleanups.append(collector.subscriber.close)
+        cpu = CpuMeter()
+        started = time.monotonic()
+        deadline = started + duration_s if (duration_s and not simulated) else float("inf")
+        pbx = supervisor.children.get("pbx_sim")
+        done_at: list[float] = []
+        next_progress = [started + progress_every_s]
+
+        def finished() -> bool:
+            collector.poll()
+            now = time.monotonic()
+            if progress is not None and now >= next_progress[0]:
+                next_progress[0] = now + progress_every_s
+                t, r = percentiles(collector.eos_to_transcript), percentiles(collector.eos_to_reply)
+                # Counted from the dialog's CallStarted/CallEnded: the same for any PBX.
+                progress(f"[{now - started:6.0f} s] calls active {collector.calls_active}, finished "
+                         f"{len(collector.calls_ended)} | eos->transcript p50 {t['p50']:.0f} p95 {t['p95']:.0f} ms | "
+                         f"eos->reply p50 {r['p50']:.0f} p95 {r['p95']:.0f} ms")
+            if should_stop() or now >= deadline:
+                return True
+            if pbx is not None and pbx.metrics.get("done"):
+                # Every call placed and ended: give the last transcripts a moment.
+                done_at.append(now)
+                return collector.pending == 0 or now - done_at[0] > 15.0
+            return False
+
+        log.info("running (%d processes); Ctrl-C stops", len(supervisor.children))
+        supervisor.run(finished)
+        collector.poll()
+        client = redis.Redis.from_url(supervisor.settings.redis_url, socket_timeout=5.0)
+        try:
+            leads = list(read_leads(client))
+        finally:
+            client.close()
+        workers = [c.metrics for name, c in supervisor.children.items() if name.startswith("asr-")]
+        report = build_report(collector, leads, workers, cpu.percent())
+        if simulated and pbx is not None and pbx.metrics.get("done"):
+            report["left_behind"] = left_behind(supervisor)
+        return report
+    finally:
+        for cleanup in cleanups:
+            cleanup()
+        supervisor.stop()
+        log.info("stopped")

@@ -1,0 +1,158 @@
+"""What a `rtcore launch` run measured: calls, outcomes, utterances, latencies, batching, CPU.
+
+The collector listens on the bus (CallStarted/CallEnded and TurnTaken from the dialog,
+UtteranceReady from the VAD, Transcript from the ASR), so calls are counted as the dialog handled
+them, whatever the PBX (a real Asterisk or the embedded one), and latencies are those of the real
+pipeline: eos = the end of the caller's speech as cut by the VAD, transcript = the moment the
+transcript reaches the bus, reply = the bot's next playback request. Call outcomes come from the
+lead records in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import psutil
+
+from rtcore.runtime.bus import Subscriber
+from rtcore.dialog.leads import Lead
+from rtcore.runtime.messages import CallEnded, CallStarted, Transcript, TurnTaken, UtteranceReady
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p95": 0.0, "max": 0.0}
+    arr = np.asarray(values, dtype=float)
+    return {"p50": round(float(np.percentile(arr, 50)), 1), "p95": round(float(np.percentile(arr, 95)), 1),
+            "max": round(float(arr.max()), 1)}
+
+
+@dataclass
+class LoadCollector:
+    subscriber: Subscriber
+    started_wall: float = field(default_factory=time.time)
+    utterances: set[str] = field(default_factory=set)
+    transcribed: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+    eos_to_transcript: list[float] = field(default_factory=list)
+    eos_to_reply: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+    queue_ms: list[float] = field(default_factory=list)  # at the worker, before its batch ran
+    inference_ms: list[float] = field(default_factory=list)  # the batch's features + generate
+    windows: Counter[float] = field(default_factory=Counter)
+    calls_started: set[str] = field(default_factory=set)  # CallStarted is repeated: a set of ids
+    calls_ended: set[str] = field(default_factory=set)
+
+    def poll(self) -> None:
+        now = time.time()
+        for message in self.subscriber.drain():
+            if isinstance(message, CallStarted):
+                self.calls_started.add(message.call_id)
+            elif isinstance(message, CallEnded):
+                self.calls_ended.add(message.call_id)
+            elif isinstance(message, UtteranceReady):
+                self.utterances.add(message.utterance_id)
+            elif isinstance(message, Transcript) and message.call_id != "http":
+                if message.error:
+                    self.failed.add(message.utterance_id)
+                    continue
+                self.transcribed.add(message.utterance_id)
+                if message.eos_at:
+                    # Stamped by the dispatcher: independent of how often this observer polls.
+                    self.eos_to_transcript.append(((message.published_at or now) - message.eos_at) * 1000)
+                if message.batch_size:
+                    self.batch_sizes.append(message.batch_size)
+                    self.queue_ms.append(message.queue_ms)
+                    self.inference_ms.append(message.features_ms + message.inference_ms)
+                    self.windows[message.window_s] += 1
+            elif isinstance(message, TurnTaken) and message.eos_to_reply_ms > 0:
+                self.eos_to_reply.append(message.eos_to_reply_ms)
+
+    @property
+    def calls_active(self) -> int:
+        return len(self.calls_started - self.calls_ended)
+
+    @property
+    def pending(self) -> int:
+        return len(self.utterances - self.transcribed - self.failed)
+
+
+class CpuMeter:
+    """CPU time of this process and all its descendants (children come and go: restarts)."""
+
+    def __init__(self) -> None:
+        self._me = psutil.Process()
+        self._seen: dict[int, float] = {}
+        self._gone = 0.0
+        self._t0 = time.monotonic()
+        self._base = self._total()
+
+    def _total(self) -> float:
+        total = 0.0
+        current: dict[int, float] = {}
+        for proc in [self._me, *self._me.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                current[proc.pid] = times.user + times.system
+            except psutil.Error:
+                continue
+        for pid, seconds in self._seen.items():
+            if pid not in current:
+                self._gone += seconds
+        self._seen = current
+        total = sum(current.values()) + self._gone
+        return total
+
+    def percent(self) -> float:
+        """Percent of one core since start (200 = both cores of a 2-core machine busy)."""
+        elapsed = time.monotonic() - self._t0
+        return round(100 * (self._total() - self._base) / elapsed, 1) if elapsed > 0 else 0.0
+
+
+def build_report(collector: LoadCollector, leads: Iterable[Lead], worker_metrics: list[dict[str, float]],
+                 cpu_percent: float) -> dict[str, Any]:
+    leads = [lead for lead in leads if lead.started_at >= collector.started_wall - 1]
+    finished = [lead for lead in leads if lead.ended_at]
+    outcomes = Counter(lead.outcome for lead in finished)
+    batches = sum(m.get("batches", 0.0) for m in worker_metrics)
+    utterances = sum(m.get("utterances", 0.0) for m in worker_metrics)
+    total = len(collector.utterances)
+    return {
+        "calls_completed": sum(1 for lead in finished if lead.outcome != "error"),
+        "calls_failed": outcomes.get("error", 0),
+        "outcomes": dict(sorted(outcomes.items())),
+        "utterances": {"total": total, "dropped": total - len(collector.utterances & collector.transcribed)},
+        "latency_ms": {"eos_to_transcript": percentiles(collector.eos_to_transcript),
+                       "eos_to_reply": percentiles(collector.eos_to_reply)},
+        "asr": {"mean_batch_size": round(utterances / batches, 2) if batches else 0.0,
+                # Where eos_to_transcript goes: waiting at a worker, then running its batch.
+                "worker_queue_ms": percentiles(collector.queue_ms),
+                "batch_run_ms": percentiles(collector.inference_ms),
+                "windows_s": {f"{w:g}": n for w, n in sorted(collector.windows.items())}},
+        "cpu_percent": cpu_percent,
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lat = report["latency_ms"]
+    return "\n".join([
+        f"calls completed {report['calls_completed']}, failed {report['calls_failed']}; outcomes "
+        + (", ".join(f"{k} {v}" for k, v in report["outcomes"].items()) or "none"),
+        f"utterances {report['utterances']['total']}, dropped {report['utterances']['dropped']}; "
+        f"ASR mean batch {report['asr']['mean_batch_size']}, p95 worker queue "
+        f"{report['asr']['worker_queue_ms']['p95']} ms, p95 batch run {report['asr']['batch_run_ms']['p95']} ms",
+        "latency ms (p50 / p95 / max): eos->transcript {p50} / {p95} / {max}".format(**lat["eos_to_transcript"])
+        + ", eos->reply {p50} / {p95} / {max}".format(**lat["eos_to_reply"]),
+        f"CPU {report['cpu_percent']} % of one core",
+        *([("left behind: " + ", ".join(f"{k} {v}" for k, v in report["left_behind"].items()))]
+          if report.get("left_behind") else []),
+    ])
+
+
+def dump(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, ensure_ascii=False)

@@ -1,0 +1,199 @@
+"""The ZeroMQ bus between processes.
+
+Three channels:
+- events: every process publishes to one XSUB endpoint and subscribes at one XPUB endpoint; the
+  supervisor runs the forwarder between them (`BusProxy`). Frames: [topic, msgpack payload], the
+  topic being the message type's name so subscribers filter in ZeroMQ, not in Python.
+- control: children PUSH handshakes, heartbeats and metrics to the supervisor's PULL socket.
+  PUSH queues until the peer is connected, so a child's first message cannot be lost the way a
+  PUB's first messages are before its subscriptions arrive.
+- ASR work: utterances to the ASR dispatcher's ROUTER (from the VAD and the HTTP API through
+  `AsrClient`, DEALER), which hands them to the workers (DEALER) and publishes one Transcript per
+  utterance on the event bus.
+
+Endpoints are `ipc://` in the run directory by default and `tcp://` by configuration.
+A malformed message is counted in `rejected`, logged, and skipped: it never stops a receiver.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Iterable
+
+import zmq
+
+from rtcore.runtime.messages import AnyMessage, Message, MessageError, UtteranceReady, decode, encode, topic
+
+log = logging.getLogger(__name__)
+
+# Generous queues: an utterance message must not be dropped because the consumer blinked.
+HWM = 100_000
+
+
+def _socket(ctx: zmq.Context, kind: int, linger_ms: int) -> zmq.Socket:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
+    return sock
+
+
+class Receiver:
+    """Decodes frames off a socket; counts and skips what is not a valid message."""
+
+    def __init__(self, sock: zmq.Socket, with_topic: bool) -> None:
+        self.socket = sock
+        self._with_topic = with_topic
+        self.received = 0
+        self.rejected = 0
+        self.last_error = ""
+
+    def parse(self, frames: list[bytes]) -> AnyMessage | None:
+        """One multipart message -> a Message, or None (counted) if it is not a valid one."""
+        try:
+            if self._with_topic:
+                if len(frames) != 2:
+                    raise MessageError(f"rejected message: expected 2 frames [topic, payload], got {len(frames)}")
+                message = decode(frames[1])
+                if topic(type(message)) != frames[0]:
+                    raise MessageError(
+                        f"rejected message: topic {frames[0]!r} does not match type {type(message).__name__}")
+            else:
+                if len(frames) != 1:
+                    raise MessageError(f"rejected message: expected 1 frame, got {len(frames)}")
+                message = decode(frames[0])
+        except MessageError as exc:
+            self.rejected += 1
+            self.last_error = str(exc)
+            log.warning("%s (%d rejected so far)", exc, self.rejected)
+            return None
+        self.received += 1
+        return message
+
+    def recv(self, timeout_ms: int | None = None) -> AnyMessage | None:
+        """The next valid message, or None if none arrived within `timeout_ms` (None: wait)."""
+        while True:
+            if timeout_ms is not None and not self.socket.poll(timeout_ms):
+                return None
+            message = self.parse(self.socket.recv_multipart())
+            if message is not None:
+                return message
+
+    def drain(self) -> list[AnyMessage]:
+        """Every valid message already queued, without waiting."""
+        out: list[AnyMessage] = []
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            message = self.parse(frames)
+            if message is not None:
+                out.append(message)
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+class Publisher:
+    """Publishes event messages to the bus (connects to the forwarder's XSUB endpoint)."""
+
+    def __init__(self, endpoint: str, ctx: zmq.Context | None = None) -> None:
+        self.socket = _socket(ctx or zmq.Context.instance(), zmq.PUB, linger_ms=1000)
+        self.socket.connect(endpoint)
+
+    def publish(self, message: Message) -> None:
+        self.socket.send_multipart([topic(type(message)), encode(message)])
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+class Subscriber(Receiver):
+    """Receives the event messages of the given types (connects to the forwarder's XPUB endpoint)."""
+
+    def __init__(self, endpoint: str, types: Iterable[type[Message]], ctx: zmq.Context | None = None) -> None:
+        sock = _socket(ctx or zmq.Context.instance(), zmq.SUB, linger_ms=0)
+        for message_type in types:
+            sock.setsockopt(zmq.SUBSCRIBE, topic(message_type))
+        sock.connect(endpoint)
+        super().__init__(sock, with_topic=True)
+
+
+class ControlSender:
+    """A child's channel to the supervisor."""
+
+    def __init__(self, endpoint: str, ctx: zmq.Context | None = None) -> None:
+        self.socket = _socket(ctx or zmq.Context.instance(), zmq.PUSH, linger_ms=1000)
+        self.socket.connect(endpoint)
+
+    def send(self, message: Message) -> None:
+        self.socket.send(encode(message))
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+class ControlReceiver(Receiver):
+    """The supervisor's end of the control channel."""
+
+    def __init__(self, endpoint: str, ctx: zmq.Context | None = None) -> None:
+        sock = _socket(ctx or zmq.Context.instance(), zmq.PULL, linger_ms=0)
+        sock.bind(endpoint)
+        super().__init__(sock, with_topic=False)
+
+
+class AsrClient:
+    """Submits utterances to the ASR dispatcher (DEALER to its ROUTER). Unlike a PUB, a DEALER
+    queues what it sends until the dispatcher is there, so no utterance is lost to a slow join;
+    the transcript comes back on the bus (Transcript, matched by utterance id)."""
+
+    def __init__(self, endpoint: str, ctx: zmq.Context | None = None) -> None:
+        self.socket = _socket(ctx or zmq.Context.instance(), zmq.DEALER, linger_ms=1000)
+        self.socket.connect(endpoint)
+
+    def submit(self, utterance: UtteranceReady) -> None:
+        self.socket.send(encode(utterance))
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+class BusProxy:
+    """The event forwarder: XSUB (publishers connect) <-> XPUB (subscribers connect), in a thread.
+
+    zmq.proxy runs in C without the GIL, so hosting it in the supervisor costs no Python time.
+    """
+
+    def __init__(self, pub_endpoint: str, sub_endpoint: str, ctx: zmq.Context | None = None) -> None:
+        self._ctx = ctx or zmq.Context.instance()
+        self._frontend = _socket(self._ctx, zmq.XSUB, linger_ms=0)
+        self._frontend.bind(pub_endpoint)
+        self._backend = _socket(self._ctx, zmq.XPUB, linger_ms=0)
+        self._backend.bind(sub_endpoint)
+        self._control_endpoint = f"inproc://bus-proxy-control-{id(self)}"
+        self._control = self._ctx.socket(zmq.PAIR)
+        self._control.bind(self._control_endpoint)
+        self._thread = threading.Thread(target=self._run, name="bus-proxy", daemon=True)
+
+    def start(self) -> "BusProxy":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        peer = self._ctx.socket(zmq.PAIR)
+        peer.connect(self._control_endpoint)
+        try:
+            zmq.proxy_steerable(self._frontend, self._backend, None, peer)
+        except zmq.ContextTerminated:  # pragma: no cover
+            pass
+        finally:
+            peer.close(linger=0)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._control.send(b"TERMINATE")
+            self._thread.join(timeout=5)
+        for sock in (self._control, self._frontend, self._backend):
+            sock.close(linger=0)

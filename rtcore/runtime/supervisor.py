@@ -1,0 +1,298 @@
+"""The supervisor: owns the run's resources and keeps its processes alive.
+
+Start: take the instance lock (one supervisor per instance), sweep shared memory an earlier run
+left behind after a kill -9, create the audio rings, start the bus forwarder and the control
+channel, start a private redis-server if no Redis is configured, then start the children in order,
+each acknowledging with ProcessReady before the next starts.
+Run: watch exits and heartbeats; restart a dead or unresponsive child with backoff.
+Stop: children in reverse order (SIGTERM, then SIGKILL after stop_timeout), then Redis, the bus,
+and the shared memory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Callable
+
+import zmq
+
+from rtcore.runtime.bus import BusProxy, ControlReceiver
+from rtcore.runtime.config import Settings
+from rtcore.runtime.messages import Heartbeat, Metrics, ProcessFailed, ProcessReady
+from rtcore.runtime.process import EXIT_INIT_FAILED, LaunchInfo, set_parent_death_signal
+from rtcore.runtime.redis_server import PrivateRedis
+from rtcore.runtime.ring import AudioRings, RingSpec, segment_name, sweep_leftovers
+
+log = logging.getLogger(__name__)
+
+
+class SupervisorError(RuntimeError):
+    pass
+
+
+# numpy's OpenBLAS starts a thread per core that spins after every call: in an ASR worker (one
+# CTranslate2 thread by design) its small log-mel matmuls kept a BLAS thread busy for 8.8 s of CPU
+# against CTranslate2's 40 s (48 calls). Our processes make small numpy calls, so one BLAS thread
+# each (the operator's environment wins).
+CHILD_ENV_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One child: run as `python -m module`."""
+
+    name: str
+    module: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Child:
+    spec: ProcessSpec
+    proc: subprocess.Popen[bytes] | None = None
+    pid: int = 0
+    ready: bool = False
+    started_at: float = 0.0
+    last_beat: float = 0.0
+    restarts: int = 0
+    warned: bool = False
+    next_start: float = 0.0  # monotonic time of the next (re)start attempt; 0: none pending
+    backoff_s: float = 0.5
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class InstanceLock:
+    """An flock on run_dir/supervisor.lock, held for the supervisor's life. While it is held no
+    other supervisor of the instance runs, so any segment of the instance found at start is a
+    leftover, whatever pid its name carries (pids get reused)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "supervisor.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise SupervisorError(
+                f"another rtcore supervisor of this instance is running (pid {holder}, lock {self.path})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, specs: list[ProcessSpec], private_redis: bool = True) -> None:
+        """`private_redis`: start a redis-server when no `redis_url` is set (False: the processes
+        need no Redis, e.g. `rtcore serve`)."""
+        self.settings = settings
+        self.private_redis = private_redis
+        self.children = {spec.name: Child(spec) for spec in specs}
+        self.redis: PrivateRedis | None = None
+        self.rings: AudioRings | None = None
+        self._lock = InstanceLock(settings.run_path)
+        self._bus: BusProxy | None = None
+        self._control: ControlReceiver | None = None
+        self._ctx = zmq.Context()
+        self._started = False
+        self.on_metrics: Callable[[str, dict[str, float]], None] | None = None
+
+    # --- start --------------------------------------------------------------------------------
+    def start(self) -> None:
+        s = self.settings
+        self._lock.acquire()
+        try:
+            s.run_path.chmod(0o700)
+            sweep_leftovers(s.instance)
+            spec = RingSpec(segment_name(s.instance, os.getpid()), s.max_calls, s.ring_capacity)
+            self.rings = AudioRings.create(spec)
+            log.info("audio rings: %d slots x %.0f s (%d MiB) in /dev/shm/%s", spec.n_slots,
+                     spec.capacity / s.sample_rate, spec.total_bytes >> 20, spec.name)
+            self._bus = BusProxy(s.endpoint("bus_pub"), s.endpoint("bus_sub"), self._ctx).start()
+            self._control = ControlReceiver(s.endpoint("control"), self._ctx)
+            if not s.redis_url and self.private_redis:
+                self.redis = PrivateRedis(s.run_path, s.data_path / "redis").start()
+                self.settings = s = s.model_copy(update={"redis_url": self.redis.url})
+            self._started = True
+            for child in self.children.values():
+                self._spawn(child)
+                self._await_ready(child)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _launch_info(self, child: Child) -> LaunchInfo:
+        assert self.rings is not None
+        return LaunchInfo(process=child.spec.name, settings=self.settings, rings=self.rings.spec)
+
+    def _spawn(self, child: Child) -> None:
+        env = {**CHILD_ENV_DEFAULTS, **os.environ, **child.spec.env}
+        # The configuration travels on stdin: no password in argv or the environment.
+        proc = subprocess.Popen([sys.executable, "-m", child.spec.module], stdin=subprocess.PIPE,
+                                env=env, preexec_fn=set_parent_death_signal)
+        stdin: IO[bytes] = proc.stdin  # type: ignore[assignment]
+        stdin.write(self._launch_info(child).to_json().encode() + b"\n")
+        stdin.close()
+        child.proc = proc
+        child.pid = proc.pid
+        child.ready = False
+        child.warned = False
+        child.started_at = child.last_beat = time.monotonic()
+        child.next_start = 0.0
+        log.info("started %s (pid %d)", child.spec.name, proc.pid)
+
+    def _await_ready(self, child: Child) -> None:
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        while not child.ready:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SupervisorError(f"{child.spec.name} did not report ready within {self.settings.start_timeout_s:.0f} s")
+            failure = self._handle_control(min(remaining, 0.2))
+            if failure and failure.process == child.spec.name:
+                raise SupervisorError(f"{child.spec.name} failed to start: {failure.error}")
+            assert child.proc is not None
+            if child.proc.poll() is not None and not child.ready:
+                # It may have sent ProcessFailed just before exiting: read what is queued first.
+                failure = self._handle_control(0)
+                detail = f": {failure.error}" if failure else ""
+                raise SupervisorError(f"{child.spec.name} exited with code {child.proc.returncode} before ready{detail}")
+
+    # --- run ----------------------------------------------------------------------------------
+    def poll(self, timeout_s: float = 0.1) -> None:
+        """One supervision step: handle control messages, then check every child."""
+        failure = self._handle_control(timeout_s)
+        if failure:
+            log.error("%s failed to start: %s", failure.process, failure.error)
+        now = time.monotonic()
+        s = self.settings
+        for child in self.children.values():
+            proc = child.proc
+            if proc is None:
+                if child.next_start and now >= child.next_start:
+                    self._spawn(child)
+                continue
+            code = proc.poll()
+            if code is not None:
+                log.error("%s (pid %d) exited with code %s%s", child.spec.name, child.pid, code,
+                          " during start-up" if code == EXIT_INIT_FAILED else "")
+                self._schedule_restart(child, now)
+                continue
+            silent = now - child.last_beat
+            if child.ready and silent > s.unresponsive_kill_s:
+                log.error("%s (pid %d) unresponsive for %.1f s: dumping its stacks and killing it",
+                          child.spec.name, child.pid, silent)
+                self._dump_and_kill(child)
+                self._schedule_restart(child, now)
+            elif not child.ready and silent > s.start_timeout_s:
+                log.error("%s (pid %d) not ready after %.0f s: killing it", child.spec.name, child.pid, silent)
+                self._dump_and_kill(child)
+                self._schedule_restart(child, now)
+            elif child.ready and silent > s.heartbeat_timeout_s and not child.warned:
+                log.warning("%s (pid %d): no heartbeat for %.1f s", child.spec.name, child.pid, silent)
+                child.warned = True
+
+    def _schedule_restart(self, child: Child, now: float) -> None:
+        # A child that ran healthily for a while starts again at the shortest backoff.
+        if child.ready and now - child.started_at > 60:
+            child.backoff_s = 0.5
+        child.proc = None
+        child.ready = False
+        child.restarts += 1
+        child.next_start = now + child.backoff_s
+        log.info("restarting %s in %.1f s (restart #%d)", child.spec.name, child.backoff_s, child.restarts)
+        child.backoff_s = min(child.backoff_s * 2, self.settings.restart_backoff_max_s)
+
+    def _dump_and_kill(self, child: Child) -> None:
+        assert child.proc is not None
+        try:
+            child.proc.send_signal(signal.SIGUSR1)  # faulthandler prints every thread's stack
+            child.proc.wait(0.5)
+        except subprocess.TimeoutExpired:
+            pass
+        except ProcessLookupError:  # pragma: no cover
+            pass
+        child.proc.kill()
+        child.proc.wait()
+
+    def _handle_control(self, timeout_s: float) -> ProcessFailed | None:
+        """Read control messages for up to timeout_s; returns a start-up failure if one came."""
+        assert self._control is not None
+        message = self._control.recv(int(timeout_s * 1000))
+        failure: ProcessFailed | None = None
+        while message is not None:
+            child = self.children.get(getattr(message, "process", ""))
+            if child is None:
+                log.warning("control message from unknown process: %r", message)
+            elif isinstance(message, (Heartbeat, ProcessReady)) and message.pid == child.pid:
+                child.last_beat = time.monotonic()
+                child.warned = False
+                if isinstance(message, ProcessReady):
+                    child.ready = True
+                    log.info("%s ready (pid %d)", child.spec.name, child.pid)
+            elif isinstance(message, Metrics):
+                child.metrics.update(message.values)
+                if self.on_metrics:
+                    self.on_metrics(message.process, message.values)
+            elif isinstance(message, ProcessFailed):
+                failure = message
+            message = self._control.recv(0)
+        return failure
+
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        while not should_stop():
+            self.poll(0.1)
+
+    # --- stop ---------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Reverse order: children, Redis, bus, shared memory. Safe to call more than once."""
+        for child in reversed(list(self.children.values())):
+            self._stop_child(child)
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+        if self._bus is not None:
+            self._bus.stop()
+            self._bus = None
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self.rings is not None:
+            rings, self.rings = self.rings, None
+            rings.close()
+            rings.unlink()
+        if not self._ctx.closed:
+            self._ctx.term()
+        self._lock.release()
+        self._started = False
+
+    def _stop_child(self, child: Child) -> None:
+        proc = child.proc
+        child.next_start = 0.0
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(self.settings.stop_timeout_s)
+            log.info("stopped %s (pid %d)", child.spec.name, child.pid)
+        except subprocess.TimeoutExpired:
+            log.error("%s did not stop within %.1f s: killing it", child.spec.name, self.settings.stop_timeout_s)
+            proc.kill()
+            proc.wait()
+        child.proc = None

@@ -1,0 +1,61 @@
+"""Getting a simulation ready before `rtcore launch` starts its processes: the prompts installed in the
+embedded PBX's sounds directory (`sim_sounds_path`, laid out as `rtcore prompts install` lays out a real
+Asterisk's, so the simulator finds and times them as Asterisk would) and the calibrated phrasebook.
+Both are cached."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from rtcore.runtime.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def prepare_simulation(settings: Settings) -> dict[str, int]:
+    from rtcore.asr.worker import transcribe_offline
+    from rtcore.asr.batcher import BatchPolicy
+    from rtcore.sim.callers.phrasebook import build_phrasebook
+    from rtcore.dialog.script import load_script
+    from rtcore.intents import default_classifier
+    from rtcore.runtime.models import whisper_model_dir
+    from rtcore.dialog.prompts import install_prompts
+    from rtcore.asr.whisper import WhisperEngine, WhisperOptions
+
+    installed = install_prompts(load_script(settings.dialog_script or None), settings.sim_sounds_path,
+                                settings.prompts_path, settings.tts_command)
+    for warning in installed.warnings:
+        log.warning("%s", warning)
+    engine: list[WhisperEngine] = []  # loaded only if something needs calibrating
+    classifier = default_classifier()
+
+    def recognize(audios: list[npt.NDArray[np.float32]]) -> list[str]:
+        """As on a call: the clip between silences, cut by the live VAD and segmenter, each
+        utterance transcribed by the batcher; texts joined."""
+        from rtcore.vad.segmenter import SegmenterOptions, segment_streams
+        from rtcore.vad.silero import BatchedVad, SileroVad
+
+        if not engine:
+            engine.append(WhisperEngine(WhisperOptions.from_settings(settings, whisper_model_dir(settings))))
+        log.info("calibrating %d caller phrase variants with the shipped VAD, ASR and classifier", len(audios))
+        before, after = np.zeros(9600, np.float32), np.zeros(16000, np.float32)
+        padded = [np.concatenate([before, a, after]) for a in audios]
+        spans = segment_streams(padded, SegmenterOptions.from_settings(settings),
+                                BatchedVad(SileroVad(), capacity=len(padded)))
+        items = [(f"{i}:{j}", padded[i][u.start:u.end]) for i, us in enumerate(spans) for j, u in enumerate(us)]
+        results = transcribe_offline(engine[0], BatchPolicy.from_settings(settings), items,
+                                     language=settings.asr_language)
+        return [" ".join(results[f"{i}:{j}"].text for j in range(len(us)) if not results[f"{i}:{j}"].hallucination)
+                for i, us in enumerate(spans)]
+
+    def classify(text: str, state: str) -> tuple[str, dict[str, Any]]:
+        result = classifier.classify(text, state)
+        return result.intent, dict(result.slots)
+
+    book = build_phrasebook(settings.model_cache_path / "phrasebook", recognize, classify)
+    return {"prompts": len(installed.rendered), "phrase_variants": sum(len(c) for c in book.values()),
+            "answers_usable": sum(1 for c in book.values() if c)}

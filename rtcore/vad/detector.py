@@ -1,0 +1,195 @@
+"""The VAD process's work, as library code: follow every call's ring, run one batched Silero
+inference per tick over the calls that have a new chunk, and turn probabilities into
+SpeechStarted / UtteranceReady messages (sample ranges in the ring, no audio copied).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from rtcore.runtime.audio import pcm16_to_float
+from rtcore.runtime.messages import (AnyMessage, CallEnded, CallStarted, ListenMode, Message, SpeechStarted,
+                             UtteranceReady)
+from rtcore.runtime.ring import AudioRings, OverrunError, SlotLease, StaleSlotError
+from rtcore.vad.segmenter import Segmenter, SegmenterOptions, SpeechStart, Utterance
+from rtcore.vad.silero import CHUNK, BatchedVad
+
+log = logging.getLogger(__name__)
+
+# Chunks one call may consume per tick: normally 1 or 2 (20 ms packets, 32 ms chunks); more only
+# while catching up, bounded so that one call far behind cannot starve the tick.
+MAX_ROUNDS_PER_TICK = 8
+
+
+@dataclass
+class CallStream:
+    call_id: str
+    lease: SlotLease
+    segmenter: Segmenter
+    next_sample: int = 0  # absolute position of the next chunk to run
+    last_cursor: int = 0
+    last_progress: float = 0.0  # monotonic time the ring cursor last moved
+    ignoring: bool = False
+    utterances: int = 0
+
+
+@dataclass
+class DetectorStats:
+    ticks: int = 0
+    inferences: int = 0
+    chunks: int = 0
+    utterances: int = 0
+    speech_starts: int = 0
+    stalled_flushes: int = 0
+    overruns: int = 0
+    dropped_clicks: int = 0
+    busy_s: float = 0.0
+    max_batch: int = 0
+
+
+class UtteranceDetector:
+    def __init__(self, rings: AudioRings, vad: BatchedVad, options: SegmenterOptions,
+                 stall_timeout_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.rings = rings
+        self.vad = vad
+        self.options = options
+        self.stall_timeout_s = stall_timeout_s
+        self.calls: dict[str, CallStream] = {}
+        self.stats = DetectorStats()
+        self._clock = clock
+        self._wall = wall_clock
+        self._pcm = np.empty((0, CHUNK), dtype=np.int16)  # reused batch buffer
+
+    # --- control messages ---------------------------------------------------------------------
+    def handle(self, message: AnyMessage) -> None:
+        if isinstance(message, CallStarted):
+            lease = SlotLease(message.slot, message.generation)
+            known = self.calls.get(message.call_id)
+            if known is not None and known.lease == lease:
+                return  # a repeated announcement (publishers may resend): nothing changes
+            self._drop(message.call_id)
+            # Start at what is being written now: 0 for a new call; for a call learnt late (this
+            # process restarted, the dialog re-announces calls), its past is not cut again.
+            try:
+                cursor = self.rings.cursor(lease)
+            except StaleSlotError:
+                return  # already over
+            start = cursor - cursor % CHUNK
+            self.calls[message.call_id] = CallStream(message.call_id, lease, Segmenter(self.options, start),
+                                                     next_sample=start, last_cursor=cursor,
+                                                     last_progress=self._clock())
+            self.vad.add(message.call_id)
+        elif isinstance(message, CallEnded):
+            self._drop(message.call_id)
+        elif isinstance(message, ListenMode):
+            call = self.calls.get(message.call_id)
+            if call is None:
+                return
+            ignoring = message.mode == "ignore"
+            if ignoring != call.ignoring:
+                # Either way nothing heard before the switch belongs to the next utterance.
+                call.segmenter.reset(call.next_sample)
+                call.ignoring = ignoring
+
+    def _drop(self, call_id: str) -> None:
+        call = self.calls.pop(call_id, None)
+        if call is not None:
+            self.vad.remove(call_id)
+            self.stats.dropped_clicks += call.segmenter.dropped
+
+    # --- the tick -----------------------------------------------------------------------------
+    def tick(self) -> list[Message]:
+        """Run every complete chunk available (one batched inference per round); return messages."""
+        t0 = time.perf_counter()
+        out: list[Message] = []
+        now = self._clock()
+        ready: dict[str, int] = {}
+        for call in list(self.calls.values()):
+            try:
+                cursor = self.rings.cursor(call.lease)
+            except StaleSlotError:
+                log.warning("call %s: slot %d was reused before CallEnded arrived", call.call_id, call.lease.slot)
+                self._drop(call.call_id)
+                continue
+            if cursor != call.last_cursor:
+                call.last_cursor = cursor
+                call.last_progress = now
+            elif call.segmenter.in_speech and now - call.last_progress >= self.stall_timeout_s:
+                self.stats.stalled_flushes += 1
+                self._emit(call, call.segmenter.flush(), out)
+            available = (cursor - call.next_sample) // CHUNK
+            if available > 0:
+                ready[call.call_id] = min(available, MAX_ROUNDS_PER_TICK)
+        for round_no in range(max(ready.values(), default=0)):
+            calls = [self.calls[cid] for cid, n in ready.items() if n > round_no and cid in self.calls]
+            self._run_round(calls, out)
+        self.stats.ticks += 1
+        self.stats.busy_s += time.perf_counter() - t0
+        return out
+
+    def _run_round(self, calls: list[CallStream], out: list[Message]) -> None:
+        if len(calls) > self._pcm.shape[0]:
+            self._pcm = np.empty((max(len(calls), 2 * self._pcm.shape[0]), CHUNK), dtype=np.int16)
+        batch: list[CallStream] = []
+        for call in calls:
+            start = call.next_sample
+            try:
+                self.rings.read(call.lease, start, start + CHUNK, out=self._pcm[len(batch)])
+            except OverrunError:
+                # The VAD fell a whole ring behind: skip to what is still there, say so.
+                self.stats.overruns += 1
+                skip_to = self.rings.cursor(call.lease) - self.rings.spec.capacity // 2
+                log.error("call %s: VAD fell behind, skipping %d samples", call.call_id, skip_to - start)
+                call.next_sample = skip_to - skip_to % CHUNK
+                call.segmenter.reset(call.next_sample)
+                continue
+            except StaleSlotError:
+                self._drop(call.call_id)
+                continue
+            batch.append(call)
+        if not batch:
+            return
+        probs = self.vad.step([c.call_id for c in batch], pcm16_to_float(self._pcm[:len(batch)]))
+        self.stats.inferences += 1
+        self.stats.chunks += len(batch)
+        self.stats.max_batch = max(self.stats.max_batch, len(batch))
+        for call, prob in zip(batch, probs.tolist()):
+            start = call.next_sample
+            call.next_sample = start + CHUNK
+            # While ignoring, the model still runs so the call's LSTM state stays continuous.
+            if not call.ignoring:
+                self._emit(call, call.segmenter.feed(start, prob), out)
+
+    def _emit(self, call: CallStream, events: list[SpeechStart | Utterance], out: list[Message]) -> None:
+        lease = call.lease
+        for event in events:
+            if isinstance(event, SpeechStart):
+                self.stats.speech_starts += 1
+                out.append(SpeechStarted(call_id=call.call_id, slot=lease.slot, generation=lease.generation,
+                                         start_sample=event.sample, at=self._wall()))
+            else:
+                call.utterances += 1
+                self.stats.utterances += 1
+                # Named by where it starts in the call: unique, and the same if a restarted VAD
+                # ever cut it again, so the dispatcher's de-duplication holds.
+                out.append(UtteranceReady(
+                    utterance_id=f"{call.call_id}-{event.start}", call_id=call.call_id, slot=lease.slot,
+                    generation=lease.generation, start_sample=event.start, end_sample=event.end,
+                    eos_at=self._wall()))
+
+    def metrics(self) -> dict[str, float]:
+        s = self.stats
+        return {
+            "calls": float(len(self.calls)), "ticks": float(s.ticks), "inferences": float(s.inferences),
+            "chunks": float(s.chunks), "mean_batch": s.chunks / s.inferences if s.inferences else 0.0,
+            "max_batch": float(s.max_batch), "utterances": float(s.utterances),
+            "speech_starts": float(s.speech_starts), "stalled_flushes": float(s.stalled_flushes),
+            "overruns": float(s.overruns), "busy_s": s.busy_s,
+            "dropped_clicks": float(s.dropped_clicks + sum(c.segmenter.dropped for c in self.calls.values())),
+        }
