@@ -17,15 +17,15 @@ import os
 import time
 from pathlib import Path
 
+from rtcore.asr.batcher import BatchPolicy
+from rtcore.asr.evaluation import wer
+from rtcore.asr.whisper import WhisperEngine, WhisperOptions
 from rtcore.asr.worker import transcribe_offline
 from rtcore.runtime.audio import load_audio
-from rtcore.asr.batcher import BatchPolicy
 from rtcore.runtime.config import Settings
-from rtcore.asr.evaluation import wer
 from rtcore.runtime.models import whisper_model_dir
 from rtcore.vad.segmenter import SegmenterOptions, segment_streams
 from rtcore.vad.silero import BatchedVad, SileroVad
-from rtcore.asr.whisper import WhisperEngine, WhisperOptions
 
 AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio" / "fr"
 FILES = ["OSR_fr_000_0041_8k", "leopard_test_fr", "cheetah_test_fr"]
@@ -68,8 +68,14 @@ def main() -> None:
     print("|------------------------|-------|--------|------|--------|--------|-------|")
     run("seed-style", 1, 30.0, 5, 0.0)
     run("WhisperLive-style", 8, 30.0, 5, 0.0)
-    for batch, window, beam in itertools.product(*(map(float, v.split(",")) for v in (args.batch, args.window, args.beam))):
-        default = (int(batch), window, int(beam)) == (settings.asr_batch_size, settings.asr_window_s, settings.asr_beam_size)
+    for batch, window, beam in itertools.product(
+        *(map(float, v.split(",")) for v in (args.batch, args.window, args.beam))
+    ):
+        default = (int(batch), window, int(beam)) == (
+            settings.asr_batch_size,
+            settings.asr_window_s,
+            settings.asr_beam_size,
+        )
         run("rtcore (default)" if default else "rtcore", int(batch), window, int(beam), args.margin)
 
 

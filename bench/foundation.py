@@ -56,7 +56,7 @@ def bench_ring(seconds: float, n_slots: int = 64) -> dict[str, float]:
     return {"write_samples_per_s": written / write_s, "read_samples_per_s": read / read_s}
 
 
-def _publisher(endpoint: str, n: int, go: "mp.synchronize.Event") -> None:
+def _publisher(endpoint: str, n: int, go: mp.synchronize.Event) -> None:
     pub = Publisher(endpoint)
     message = m.UtteranceReady(utterance_id="c0001-000001", call_id="c0001", slot=3, generation=1,
                                start_sample=160000, end_sample=208000, eos_at=time.time())
@@ -94,10 +94,10 @@ def bench_bus(n: int) -> dict[str, float]:
     t0 = time.perf_counter()
     go.set()
     while True:
-        message = sub.recv(timeout_ms=10000)
-        if message is None:
+        received = sub.recv(timeout_ms=10000)
+        if received is None:
             break
-        if isinstance(message, m.Heartbeat) and message.seq == -1:
+        if isinstance(received, m.Heartbeat) and received.seq == -1:
             break
         got += 1
     elapsed = time.perf_counter() - t0

@@ -29,8 +29,8 @@ import numpy as np
 import uvloop
 
 from rtcore.media.capture import CaptureOptions, RtpCapture, bind_rtp_socket
-from rtcore.runtime.ring import AudioRings, RingSpec, SlotLease
 from rtcore.media.rtp import RTP_HEADER
+from rtcore.runtime.ring import AudioRings, RingSpec, SlotLease
 
 SAMPLES_PER_PACKET = 320
 PACKET_S = 0.02
@@ -100,7 +100,7 @@ def run(calls: int, seconds: float, warmup: float) -> dict[str, Any]:
             sock.bind(("127.0.0.1", 0))
             sockets.append(sock)
         table = [(f"call{i}", lease.slot, lease.generation, f"127.0.0.1:{s.getsockname()[1]}")
-                 for i, (lease, s) in enumerate(zip(leases, sockets))]
+                 for i, (lease, s) in enumerate(zip(leases, sockets, strict=True))]
         parent_conn, child_conn = mp.get_context("spawn").Pipe()
         proc = mp.get_context("spawn").Process(target=_capture_process, args=(spec, table, child_conn, capture_cpu))
         proc.start()
@@ -186,11 +186,17 @@ def main() -> None:
     print(f"sent:       {r['sent']} packets, {r['send_rate']:.0f}/s while measured "
           f"({r['late_slices']} of the sender's 1 ms slices ran late)")
     print(f"processed:  {r['processed_rate']:.0f} packets/s")
-    print(f"capture CPU: {r['cpu_per_s']:.3f} s per s ({100 * r['cpu_per_s']:.1f} % of one core) -> "
-          f"{r['calls'] / r['cpu_per_s']:.0f} calls per core, {r['processed_rate'] / r['cpu_per_s']:.0f} packets/s per core")
-    print(f"loss:       sent - received = {r['sent'] - final['datagrams']:.0f}, kernel drops {final['kernel_drops']:.0f}, "
-          f"jitter-buffer lost {final['lost']:.0f}, late {final['late']:.0f}, duplicate {final['duplicate']:.0f}, "
-          f"invalid {final['invalid']:.0f}, unknown source {final['unknown_source']:.0f}")
+    print(
+        f"capture CPU: {r['cpu_per_s']:.3f} s per s ({100 * r['cpu_per_s']:.1f} % of one core) -> "
+        f"{r['calls'] / r['cpu_per_s']:.0f} calls per core, "
+        f"{r['processed_rate'] / r['cpu_per_s']:.0f} packets/s per core"
+    )
+    print(
+        f"loss:       sent - received = {r['sent'] - final['datagrams']:.0f}, "
+        f"kernel drops {final['kernel_drops']:.0f}, "
+        f"jitter-buffer lost {final['lost']:.0f}, late {final['late']:.0f}, duplicate {final['duplicate']:.0f}, "
+        f"invalid {final['invalid']:.0f}, unknown source {final['unknown_source']:.0f}"
+    )
     print(f"jitter:     max over calls {final['jitter_ms_max']:.2f} ms (loopback, paced by this sender)")
 
 

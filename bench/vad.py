@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from rtcore.runtime.audio import float_to_pcm16, load_audio
-from rtcore.vad.detector import UtteranceDetector
 from rtcore.runtime.messages import CallStarted
 from rtcore.runtime.ring import AudioRings, RingSpec
+from rtcore.vad.detector import UtteranceDetector
 from rtcore.vad.segmenter import SegmenterOptions
 from rtcore.vad.silero import CHUNK, BatchedVad, SileroVad
 

@@ -6,35 +6,6 @@
        +------------------- dialog (ARI control, intents, Redis) <--------------------+
     http_api (seed Whisper HTTP service) --UtteranceReady--> asr_dispatch
 
-Each module runs `rtcore.process.run_process(main)`: library code in `rtcore/` does the work.
+Each module runs `rtcore.runtime.process.run_process(main)`: library code in `rtcore/` does the
+work. Which of them a command starts, and in what order, is `rtcore.launch.pipeline`.
 """
-
-from __future__ import annotations
-
-from rtcore.runtime.config import Settings
-from rtcore.runtime.supervisor import ProcessSpec
-
-
-def asr_service(settings: Settings) -> list[ProcessSpec]:
-    """The ASR dispatcher and its workers: what `rtcore serve` runs (with the HTTP API)."""
-    workers = [ProcessSpec(f"asr-{i}", "procs.asr_worker") for i in range(settings.asr_workers)]
-    return [ProcessSpec("asr_dispatch", "procs.asr_dispatch"), *workers]
-
-
-def http_service(settings: Settings) -> list[ProcessSpec]:
-    """What `rtcore serve` runs: the ASR service and the HTTP API in front of it."""
-    return [*asr_service(settings), ProcessSpec("http_api", "procs.http_api")]
-
-
-def pipeline(settings: Settings) -> list[ProcessSpec]:
-    """The children of `rtcore launch`, in start order (stopped in reverse): consumers first, so
-    that nothing is produced before its reader is up."""
-    pbx = [] if settings.ari_url else [ProcessSpec("pbx_sim", "procs.pbx_sim")]  # the embedded PBX
-    return [
-        *asr_service(settings),
-        ProcessSpec("http_api", "procs.http_api"),
-        ProcessSpec("vad", "procs.vad"),
-        ProcessSpec("rtp_capture", "procs.rtp_capture"),
-        *pbx,
-        ProcessSpec("dialog", "procs.dialog"),
-    ]

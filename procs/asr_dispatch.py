@@ -9,8 +9,8 @@ import time
 import msgspec
 import zmq
 
-from rtcore.runtime.bus import HWM, Publisher
 from rtcore.asr.dispatch import AsrDispatcher
+from rtcore.runtime.bus import HWM, Publisher, ZmqContext
 from rtcore.runtime.messages import AsrCredit, MessageError, Transcript, UtteranceReady, decode, encode
 from rtcore.runtime.process import ProcessContext, run_process
 
@@ -21,7 +21,7 @@ REPORT_EVERY_S = 1.0
 def main(ctx: ProcessContext) -> None:
     s = ctx.settings
     dispatcher = AsrDispatcher(worker_timeout_s=s.asr_worker_timeout_s)
-    zctx = zmq.Context.instance()
+    zctx: ZmqContext = zmq.Context.instance()
     router = zctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     router.setsockopt(zmq.SNDHWM, HWM)

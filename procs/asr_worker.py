@@ -9,14 +9,14 @@ import time
 import numpy as np
 import zmq
 
-from rtcore.asr.worker import AsrWorker
 from rtcore.asr.batcher import BatchPolicy
-from rtcore.runtime.bus import HWM
+from rtcore.asr.whisper import WhisperEngine, WhisperOptions
+from rtcore.asr.worker import AsrWorker
+from rtcore.runtime.bus import HWM, ZmqSocket
 from rtcore.runtime.messages import AsrCredit, MessageError, UtteranceReady, decode, encode
 from rtcore.runtime.models import whisper_model_dir
 from rtcore.runtime.process import ProcessContext, run_process
 from rtcore.runtime.ring import AudioRings
-from rtcore.asr.whisper import WhisperEngine, WhisperOptions
 
 log = logging.getLogger(__name__)
 KEEPALIVE_S = 1.0
@@ -33,7 +33,7 @@ def main(ctx: ProcessContext) -> None:
     for window in policy.buckets:
         engine.transcribe([np.zeros(16000, np.float32)], window)
     worker = AsrWorker(ctx.name, engine, policy, rings)
-    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer: ZmqSocket = zmq.Context.instance().socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 1000)
     dealer.setsockopt(zmq.SNDHWM, HWM)
     dealer.setsockopt(zmq.RCVHWM, HWM)

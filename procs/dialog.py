@@ -12,11 +12,11 @@ import uvloop
 import zmq
 
 from rtcore.dialog.ari.client import AriClient
-from rtcore.runtime.bus import Publisher, Subscriber
 from rtcore.dialog.calls import CallController
+from rtcore.dialog.leads import LeadStore
 from rtcore.dialog.script import load_script
 from rtcore.intents import intent_source
-from rtcore.dialog.leads import LeadStore
+from rtcore.runtime.bus import Publisher, Subscriber
 from rtcore.runtime.messages import SpeechStarted, Transcript
 from rtcore.runtime.process import ProcessContext, run_process
 from rtcore.runtime.ring import AudioRings

@@ -15,7 +15,8 @@ import time
 import uvloop
 from aiohttp import web
 
-from rtcore.asr.http_api import API_KEY, PipelineTranscriber, check_audio_fits, create_app, listening_url
+from rtcore.asr.http_api import API_KEY, create_app, listening_url
+from rtcore.asr.transcriber import PipelineTranscriber, check_audio_fits
 from rtcore.runtime.process import ProcessContext, run_process
 from rtcore.runtime.ring import AudioRings
 

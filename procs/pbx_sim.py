@@ -10,10 +10,10 @@ from pathlib import Path
 
 import uvloop
 
+from rtcore.runtime.process import ProcessContext, run_process
 from rtcore.sim.ari import AriSimulator
 from rtcore.sim.callers.pbx import CallerMedia, CallerPbx, load_human_clips
 from rtcore.sim.callers.phrasebook import load_phrasebook
-from rtcore.runtime.process import ProcessContext, run_process
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 1.0

@@ -13,8 +13,8 @@ import time
 import uvloop
 import zmq
 
-from rtcore.runtime.bus import Subscriber
 from rtcore.media.capture import RtpCapture, open_capture
+from rtcore.runtime.bus import Subscriber
 from rtcore.runtime.messages import AnyMessage, CallEnded, CallStarted
 from rtcore.runtime.process import ProcessContext, run_process
 from rtcore.runtime.ring import AudioRings, SlotLease

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 from rtcore.runtime.bus import AsrClient, Publisher, Subscriber
-from rtcore.vad.detector import UtteranceDetector
 from rtcore.runtime.messages import CallEnded, CallStarted, ListenMode, UtteranceReady
 from rtcore.runtime.process import ProcessContext, run_process
 from rtcore.runtime.ring import AudioRings
+from rtcore.vad.detector import UtteranceDetector
 from rtcore.vad.segmenter import SegmenterOptions
 from rtcore.vad.silero import BatchedVad, SileroVad
 

@@ -8,20 +8,21 @@ import asyncio
 import dataclasses
 import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import redis
 
 from rtcore.dialog.ari.client import AriClient
-from rtcore.sim.ari import AriSimulator
 from rtcore.dialog.calls import CallController
+from rtcore.dialog.leads import Lead, LeadStore, read_leads
 from rtcore.dialog.script import DialogScript, load_script
 from rtcore.intents import EmbeddedIntentSource
-from rtcore.dialog.leads import Lead, LeadStore, read_leads
 from rtcore.runtime.messages import CallStarted, Message, Transcript
 from rtcore.runtime.redis_server import PrivateRedis
 from rtcore.runtime.ring import AudioRings, RingSpec
+from rtcore.sim.ari import AriSimulator
 
 APP = "rtcore"
 USER, PASSWORD = "bot", "s3cret"
@@ -60,7 +61,7 @@ class Rig:
         self.call_ttl_s = call_ttl_s
         self.task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> "Rig":
+    async def __aenter__(self) -> Rig:
         await self.sim.start()
         self.redis.start()
         await self.start_dialog()

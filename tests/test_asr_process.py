@@ -4,19 +4,17 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
-import pytest
-
-import procs
+from rtcore.launch import pipeline as procs_pipeline
 from rtcore.runtime.audio import float_to_pcm16, load_audio
 from rtcore.runtime.bus import AsrClient, Publisher, Subscriber
 from rtcore.runtime.config import Settings
 from rtcore.runtime.messages import Transcript, UtteranceReady
 from rtcore.runtime.ring import SlotLease
-from rtcore.vad.segmenter import SegmenterOptions, segment_streams
 from rtcore.runtime.supervisor import Supervisor
+from rtcore.vad.segmenter import SegmenterOptions, segment_streams
 from rtcore.vad.silero import BatchedVad, SileroVad
 from tests.conftest import require_shared_audio
 
@@ -39,7 +37,7 @@ def join_bus(settings: Settings, sub: Subscriber) -> None:
 def running_asr(settings: Settings) -> Iterator[tuple[Supervisor, Subscriber, AsrClient]]:
     """The ASR service under a real supervisor, a Transcript subscriber already on the bus, and a
     client submitting utterances to the dispatcher."""
-    sup = Supervisor(settings, procs.asr_service(settings))
+    sup = Supervisor(settings, procs_pipeline.asr_service(settings))
     sup.start()
     sub = Subscriber(settings.endpoint("bus_sub"), [Transcript])
     client = AsrClient(settings.endpoint("asr"))
@@ -101,14 +99,25 @@ def test_killing_a_worker_mid_run_loses_and_duplicates_nothing(make_settings: Ca
         assert max(t.batch_size for t in got) > 1
 
 
-def test_unreadable_utterances_get_error_transcripts_and_an_ended_calls_are_read(make_settings: Callable[..., Settings]) -> None:
+def test_unreadable_utterances_get_error_transcripts_and_an_ended_calls_are_read(
+    make_settings: Callable[..., Settings],
+) -> None:
     settings = make_settings(redis_url="redis://127.0.0.1:1", ring_seconds=2.0, asr_workers=1, asr_intra_threads=1)
     with running_asr(settings) as (sup, sub, client):
         assert sup.rings is not None
         lease = sup.rings.allocate()
         sup.rings.write_silence(lease, 16000 * 5)  # 5 s into a 2 s ring: the first 3 s are gone
-        client.submit(UtteranceReady(utterance_id="old", call_id="c", slot=lease.slot, generation=lease.generation,
-                                     start_sample=0, end_sample=16000, eos_at=time.time()))
+        client.submit(
+            UtteranceReady(
+                utterance_id="old",
+                call_id="c",
+                slot=lease.slot,
+                generation=lease.generation,
+                start_sample=0,
+                end_sample=16000,
+                eos_at=time.time(),
+            )
+        )
         message = None
         while not isinstance(message, Transcript):
             message = sub.recv(timeout_ms=60000)
@@ -117,9 +126,17 @@ def test_unreadable_utterances_get_error_transcripts_and_an_ended_calls_are_read
         assert "were overwritten" in message.error
 
         def transcript_of(utterance_id: str, lease: SlotLease) -> Transcript:
-            client.submit(UtteranceReady(utterance_id=utterance_id, call_id="c", slot=lease.slot,
-                                         generation=lease.generation, start_sample=0, end_sample=16000,
-                                         eos_at=time.time()))
+            client.submit(
+                UtteranceReady(
+                    utterance_id=utterance_id,
+                    call_id="c",
+                    slot=lease.slot,
+                    generation=lease.generation,
+                    start_sample=0,
+                    end_sample=16000,
+                    eos_at=time.time(),
+                )
+            )
             while True:
                 message = sub.recv(timeout_ms=60000)
                 assert message is not None

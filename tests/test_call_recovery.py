@@ -10,10 +10,10 @@ from pathlib import Path
 
 import aiohttp
 
-from rtcore.sim.ari import AriSimulator
 from rtcore.dialog.recovery import CALLER_LEFT_MEANWHILE
 from rtcore.runtime.messages import CallEnded
 from rtcore.runtime.ring import SlotOwner
+from rtcore.sim.ari import AriSimulator
 from tests.call_rig import APP, HAPPY, PASSWORD, USER, Rig, until
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}

@@ -7,16 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
-from rtcore.sim.ari import AriSimulator
 from rtcore.dialog.calls import CallController
 from rtcore.dialog.script import load_script
 from rtcore.intents import EmbeddedIntentSource
 from rtcore.runtime.messages import CallEnded, CallStarted, ListenMode, SpeechStarted, TurnTaken
+from rtcore.sim.ari import AriSimulator
 from tests.call_rig import APP, HAPPY, PASSWORD, USER, Rig, until
 from tests.conftest import SHARED
 
@@ -76,10 +77,18 @@ async def test_every_counter_allows_once_then_ends_politely(rig: Rig, turns: lis
     assert (await rig.lead(call_id)).outcome == outcome
 
 
-@pytest.mark.parametrize("turns", [
-    [("init", "oui"), ("ask_zip_code", "75011"), ("ask_owner_house", "non je suis locataire"), ("bye_not_eligible", None)],
-    [("init", "oui"), ("ask_zip_code", "j'habite en Belgique"), ("bye_not_eligible", None)],
-])
+@pytest.mark.parametrize(
+    "turns",
+    [
+        [
+            ("init", "oui"),
+            ("ask_zip_code", "75011"),
+            ("ask_owner_house", "non je suis locataire"),
+            ("bye_not_eligible", None),
+        ],
+        [("init", "oui"), ("ask_zip_code", "j'habite en Belgique"), ("bye_not_eligible", None)],
+    ],
+)
 async def test_not_eligible(rig: Rig, turns: list[Any]) -> None:
     call_id = await rig.call()
     await rig.dialog(call_id, turns)
@@ -88,10 +97,17 @@ async def test_not_eligible(rig: Rig, turns: list[Any]) -> None:
 
 async def test_faq_mid_flow_answers_and_asks_again(rig: Rig) -> None:
     call_id = await rig.call()
-    await rig.dialog(call_id, [("init", "oui"), ("ask_zip_code", "75011"),
-                               ("ask_owner_house", "c'est gratuit votre truc ?"), ("faq3", None),
-                               ("ask_owner_house_again", "oui je suis propriétaire"),
-                               ("ask_which_heating", "je suis au gaz")])
+    await rig.dialog(
+        call_id,
+        [
+            ("init", "oui"),
+            ("ask_zip_code", "75011"),
+            ("ask_owner_house", "c'est gratuit votre truc ?"),
+            ("faq3", None),
+            ("ask_owner_house_again", "oui je suis propriétaire"),
+            ("ask_which_heating", "je suis au gaz"),
+        ],
+    )
     await rig.hears("ask_be_called_back")
     lead_turns = rig.controller.calls[call_id].lead.turns  # type: ignore[union-attr]
     assert [t.intent for t in lead_turns][2:4] == ["faq3", "ok_proprio"]
@@ -114,14 +130,18 @@ async def test_caller_hanging_up_mid_call_is_abandoned_and_cleaned_up(rig: Rig) 
 
 
 async def test_barge_in_stops_the_prompt(short_dir: Path) -> None:
-    async with Rig(short_dir, barge_in=True, prompt_seconds=lambda uri: 3600.0 if "init" in uri else 0.02,
-                   no_input_s=5.0) as rig:
+    async with Rig(
+        short_dir, barge_in=True, prompt_seconds=lambda uri: 3600.0 if "init" in uri else 0.02, no_input_s=5.0
+    ) as rig:
         call_id = await rig.call()
         started = await rig.sim.wait_for(lambda e: e["type"] == "PlaybackStarted")
         lease = rig.controller.calls[call_id].lease
         assert lease is not None
-        rig.controller.handle_message(SpeechStarted(call_id=call_id, slot=lease.slot, generation=lease.generation,
-                                                    start_sample=16000, at=time.time()))
+        rig.controller.handle_message(
+            SpeechStarted(
+                call_id=call_id, slot=lease.slot, generation=lease.generation, start_sample=16000, at=time.time()
+            )
+        )
         pid = started["playback"]["id"]
         stop = await rig.sim.wait_for_request(lambda r: r.method == "DELETE" and r.path.endswith(f"/playbacks/{pid}"))
         assert stop.status == 204
@@ -198,8 +218,16 @@ def test_real_trace_events_are_told_apart() -> None:
     trace = SHARED / "ari" / "traces" / "real-call-rtp-externalmedia.events.jsonl"
     if not trace.exists():
         pytest.skip("../shared is absent")
-    controller = CallController(None, load_script(), EmbeddedIntentSource(), None, None,  # type: ignore[arg-type]
-                                lambda m: None, "127.0.0.1", 40000)
+    controller = CallController(
+        None,
+        load_script(),
+        EmbeddedIntentSource(),
+        None,
+        None,  # type: ignore[arg-type]
+        lambda m: None,
+        "127.0.0.1",
+        40000,
+    )
     events = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
     meanings = []
     for event in events:
@@ -210,8 +238,19 @@ def test_real_trace_events_are_told_apart() -> None:
     starts = [m for t, m in meanings if t == "StasisStart"]
     assert starts == ["new_call", "own_channel", "own_channel", "ignored"]
     assert [m for t, m in meanings if t == "StasisEnd"].count("call_ended") == 2  # the caller, then its h re-entry
-    assert {m for t, m in meanings if t in ("ChannelVarset", "Dial", "ChannelStateChange", "ChannelEnteredBridge",
-                                            "ChannelConnectedLine", "BridgeDestroyed")} == {"ignored"}
+    assert {
+        m
+        for t, m in meanings
+        if t
+        in (
+            "ChannelVarset",
+            "Dial",
+            "ChannelStateChange",
+            "ChannelEnteredBridge",
+            "ChannelConnectedLine",
+            "BridgeDestroyed",
+        )
+    } == {"ignored"}
     assert ("ChannelDtmfReceived", "dtmf") in meanings
 
 
@@ -219,8 +258,14 @@ def test_real_trace_events_are_told_apart() -> None:
 async def test_200_calls_set_up_with_helpers_entering_stasis_late_and_no_setup_error(short_dir: Path) -> None:
     """Every snoop and externalMedia channel enters Stasis 0-150 ms after its REST reply (a real
     Asterisk: either side of the reply), and a request that uses it earlier gets Asterisk's 409/422."""
-    sim = AriSimulator(app_name=APP, user=USER, password=PASSWORD, playback_duration=lambda uri: 3600.0,
-                       stasis_delay_s=(0.0, 0.15), seed=7)
+    sim = AriSimulator(
+        app_name=APP,
+        user=USER,
+        password=PASSWORD,
+        playback_duration=lambda uri: 3600.0,
+        stasis_delay_s=(0.0, 0.15),
+        seed=7,
+    )
     async with Rig(short_dir, slots=200, sim=sim, no_input_s=60.0, setup_timeout_s=10.0) as rig:
         callers = await asyncio.gather(*(rig.sim.place_call(caller_number=f"06{i:08d}") for i in range(200)))
         await until(lambda: all(rig.started(c) for c in callers), timeout_s=60.0)
@@ -248,6 +293,7 @@ async def test_a_request_refused_as_not_in_stasis_is_retried_not_fatal(short_dir
             if refusals[0]:
                 refusals[0] -= 1
                 from rtcore.dialog.ari.client import AriError
+
                 raise AriError("POST", f"/bridges/{bridge_id}/addChannel", 422, "Channel not in Stasis application")
             await real_add(bridge_id, channel_ids)
 
@@ -262,8 +308,9 @@ async def test_a_failed_playback_is_played_again_once_and_the_call_goes_on(rig: 
     rig.sim.fail_playbacks(lambda uri: uri == rig.media("ask_zip_code"), times=1)
     call_id = await rig.call()
     since = await rig.dialog(call_id, HAPPY[:1])
-    failed = await rig.sim.wait_for(lambda e: e["type"] == "PlaybackFinished" and e["playback"]["state"] == "failed",
-                                    since=since)
+    failed = await rig.sim.wait_for(
+        lambda e: e["type"] == "PlaybackFinished" and e["playback"]["state"] == "failed", since=since
+    )
     assert failed["playback"]["media_uri"] == rig.media("ask_zip_code")
     await rig.dialog(call_id, HAPPY[1:], since)
     lead = await rig.lead(call_id)

@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import numpy as np
 import pytest
 
-from rtcore.runtime.bus import Publisher
 from rtcore.media.capture import CaptureOptions, RtpCapture, bind_rtp_socket, parse_source
+from rtcore.media.rtp import RTP_HEADER, unpack_slin16
+from rtcore.runtime.bus import Publisher
 from rtcore.runtime.config import Settings
 from rtcore.runtime.messages import CallEnded, CallStarted, Metrics, decode, encode
 from rtcore.runtime.ring import AudioRings, RingSpec, SlotLease
-from rtcore.media.rtp import RTP_HEADER, unpack_slin16
 from rtcore.runtime.supervisor import ProcessSpec, Supervisor
 from tests.conftest import REPO
 
@@ -363,7 +363,9 @@ async def test_random_datagrams_never_crash_and_are_all_counted(
     assert (stats.received, stats.lost, stats.duplicate, stats.late, stats.stray) == (20, 0, 0, 0, 0)
     values = capture.stats()
     assert values["invalid"] == 10_000 and values["datagrams"] == 10_020
-    assert Metrics(process="rtp_capture", values=values) == decode(encode(Metrics(process="rtp_capture", values=values)))
+    assert Metrics(process="rtp_capture", values=values) == decode(
+        encode(Metrics(process="rtp_capture", values=values))
+    )
 
 
 def free_udp_port() -> int:

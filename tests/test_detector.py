@@ -1,15 +1,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from rtcore.runtime.audio import float_to_pcm16, load_audio, pcm16_to_float
-from rtcore.vad.detector import UtteranceDetector
 from rtcore.runtime.messages import CallEnded, CallStarted, ListenMode, SpeechStarted, UtteranceReady
 from rtcore.runtime.ring import AudioRings, RingSpec, SlotLease
+from rtcore.vad.detector import UtteranceDetector
 from rtcore.vad.segmenter import SegmenterOptions, segment_streams
 from rtcore.vad.silero import BatchedVad, SileroVad
 from tests.conftest import require_shared_audio

@@ -133,18 +133,31 @@ def broken(tmp_path: Path, edit) -> Path:  # type: ignore[no-untyped-def]
     return path
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d["states"]["init"]["when"].update(ok_eligibility={"next": "ask_shoe_size"}),
-     "states.init.when.ok_eligibility: unknown state 'ask_shoe_size'"),
-    (lambda d: d["states"]["ask_zip_code"].update(prompt="ask_zip"), "states.ask_zip_code.prompt: unknown prompt 'ask_zip'"),
-    (lambda d: d["global"].update(faq99={"say": "faq1"}), "global.faq99: unknown intent 'faq99'"),
-    (lambda d: d["endings"]["bye_refused"].update(outcome="maybe"), "endings.bye_refused: outcome must be one of"),
-    (lambda d: d["states"]["init"]["when"].update(busy={"counter": "nope", "exhausted": "bye_busy"}),
-     "states.init.when.busy: counter 'nope' has no limit under counters"),
-    (lambda d: d["states"]["init"]["when"].update(busy={"goto": "init"}), "states.init.when.busy: unknown key(s) goto"),
-    (lambda d: d.pop("start"), "missing top-level key 'start'"),
-    (lambda d: d["prompts"]["init"].update(text=""), "prompts.init: needs a non-empty text"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda d: d["states"]["init"]["when"].update(ok_eligibility={"next": "ask_shoe_size"}),
+            "states.init.when.ok_eligibility: unknown state 'ask_shoe_size'",
+        ),
+        (
+            lambda d: d["states"]["ask_zip_code"].update(prompt="ask_zip"),
+            "states.ask_zip_code.prompt: unknown prompt 'ask_zip'",
+        ),
+        (lambda d: d["global"].update(faq99={"say": "faq1"}), "global.faq99: unknown intent 'faq99'"),
+        (lambda d: d["endings"]["bye_refused"].update(outcome="maybe"), "endings.bye_refused: outcome must be one of"),
+        (
+            lambda d: d["states"]["init"]["when"].update(busy={"counter": "nope", "exhausted": "bye_busy"}),
+            "states.init.when.busy: counter 'nope' has no limit under counters",
+        ),
+        (
+            lambda d: d["states"]["init"]["when"].update(busy={"goto": "init"}),
+            "states.init.when.busy: unknown key(s) goto",
+        ),
+        (lambda d: d.pop("start"), "missing top-level key 'start'"),
+        (lambda d: d["prompts"]["init"].update(text=""), "prompts.init: needs a non-empty text"),
+    ],
+)
 def test_invalid_scripts_are_rejected_with_the_place(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ScriptError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_script(broken(tmp_path, edit))

@@ -18,9 +18,10 @@ import threading
 import time
 import uuid
 import wave
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -28,17 +29,17 @@ import numpy.typing as npt
 import pytest
 import zmq
 
-from procs import http_service
-from rtcore.runtime.audio import float_to_pcm16, load_audio
-from rtcore.runtime.bus import BusProxy, Publisher
-from rtcore.runtime.config import Settings
-from rtcore.asr.http_api import (
+from rtcore.asr.transcriber import (
     PipelineTranscriber,
     ServiceBusy,
     TranscriptionFailed,
     TranscriptionTimeout,
     check_audio_fits,
 )
+from rtcore.launch.pipeline import http_service
+from rtcore.runtime.audio import float_to_pcm16, load_audio
+from rtcore.runtime.bus import BusProxy, Publisher
+from rtcore.runtime.config import Settings
 from rtcore.runtime.messages import Transcript, UtteranceReady, decode
 from rtcore.runtime.ring import AudioRings, RingSpec
 from rtcore.runtime.supervisor import ProcessSpec, Supervisor, SupervisorError
@@ -311,7 +312,7 @@ class FakeDispatcher:
         self._bound = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "FakeDispatcher":
+    def __enter__(self) -> FakeDispatcher:
         self._thread.start()
         self._bound.wait(10)
         return self
@@ -403,7 +404,9 @@ async def test_transcriber_failures(bus_and_rings: tuple[Settings, AudioRings]) 
     with FakeDispatcher(settings, rings, reply):
         await transcriber.start()
         try:
-            with pytest.raises(TranscriptionFailed, match="^transcription failed: slot 0: samples from 0 were overwritten$"):
+            with pytest.raises(
+                TranscriptionFailed, match="^transcription failed: slot 0: samples from 0 were overwritten$"
+            ):
                 await transcriber.transcribe(tone(0.5), "en")
             flagged = await transcriber.transcribe(tone(0.5), "es")
             assert flagged.text == "" and flagged.hallucination
@@ -439,11 +442,13 @@ class _NoAudio:
 async def test_seed_intent_endpoints() -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
-    from rtcore.runtime.config import Settings
     from rtcore.asr.http_api import create_app
+    from rtcore.runtime.config import Settings
 
     async with TestClient(TestServer(create_app(_NoAudio(), Settings()))) as client:  # real HTTP on loopback
-        r = await client.post("/embedding_main/", json={"sentence": "soixante-quinze zéro onze", "state": "ask_zip_code"})
+        r = await client.post(
+            "/embedding_main/", json={"sentence": "soixante-quinze zéro onze", "state": "ask_zip_code"}
+        )
         assert r.status == 200 and (await r.json())["intent"] == "ok_zipcode"
         assert (await r.json())["slots"]["zip_code"] == "75011"
         r = await client.post("/embedding_main/", json={"sentence": "c'est gratuit ?"})
@@ -452,8 +457,11 @@ async def test_seed_intent_endpoints() -> None:
         assert (await r.json())["intent"] == "faq3"
         r = await client.post("/embedding_faqs/", json={"sentence": "oui", "state": "init"})
         assert (await r.json())["intent"] == "unknown"
-        for body, message in [(b"not json", "body is not valid JSON"), (b'{"text": "oui"}', "string field 'sentence'"),
-                              (b'{"sentence": "oui", "state": "nowhere"}', "unknown state 'nowhere'")]:
+        for body, message in [
+            (b"not json", "body is not valid JSON"),
+            (b'{"text": "oui"}', "string field 'sentence'"),
+            (b'{"sentence": "oui", "state": "nowhere"}', "unknown state 'nowhere'"),
+        ]:
             r = await client.post("/embedding_main/", data=body, headers={"Content-Type": "application/json"})
             assert r.status == 400 and message in (await r.json())["error"]
         r = await client.post("/embedding_main/", json={"sentence": "oui", "state": "ask_owner_house"})
@@ -461,7 +469,8 @@ async def test_seed_intent_endpoints() -> None:
 
 
 def test_a_restarted_http_api_frees_the_slots_its_predecessor_held_and_only_those(
-        bus_and_rings: tuple[Settings, AudioRings]) -> None:
+    bus_and_rings: tuple[Settings, AudioRings],
+) -> None:
     settings, rings = bus_and_rings
     from rtcore.runtime.ring import SlotOwner
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import psutil
 import redis
 
-from rtcore.runtime.config import Settings
-from rtcore.launch.launcher import simulated_load_settings
 from rtcore.dialog.leads import read_leads
+from rtcore.launch.launcher import simulated_load_settings
+from rtcore.runtime.config import Settings
 from rtcore.runtime.redis_server import PrivateRedis
 from tests.conftest import REPO
 

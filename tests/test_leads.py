@@ -22,10 +22,28 @@ async def until(condition, timeout_s: float = 20.0) -> None:  # type: ignore[no-
 
 
 def lead(i: int, outcome: str = "qualified") -> Lead:
-    return Lead(call_id=f"call-{i}", caller=f"06000000{i:02d}", started_at=1_800_000_000.0 + i, ended_at=1_800_000_060.0 + i,
-                zip_code="75011", owner=True, heating="gaz", callback=True, slot={"day": "mardi", "period": "matin"},
-                outcome=outcome, turns=[Turn(at=1.0, prompt=["init"], transcript="oui", intent="ok_eligibility",
-                                             score=0.9, latency_ms={"eos_to_reply": 420.0})])
+    return Lead(
+        call_id=f"call-{i}",
+        caller=f"06000000{i:02d}",
+        started_at=1_800_000_000.0 + i,
+        ended_at=1_800_000_060.0 + i,
+        zip_code="75011",
+        owner=True,
+        heating="gaz",
+        callback=True,
+        slot={"day": "mardi", "period": "matin"},
+        outcome=outcome,
+        turns=[
+            Turn(
+                at=1.0,
+                prompt=["init"],
+                transcript="oui",
+                intent="ok_eligibility",
+                score=0.9,
+                latency_ms={"eos_to_reply": 420.0},
+            )
+        ],
+    )
 
 
 async def test_leads_survive_a_redis_outage(short_dir: Path) -> None:

@@ -4,6 +4,7 @@ import msgspec
 import pytest
 
 from rtcore.runtime import messages as m
+
 EXAMPLES: list[m.Message] = [
     m.CallStarted(call_id="c1", slot=3, generation=7, caller="+33612345678", rtp_source="127.0.0.1:10000",
                   started_at=1.5),

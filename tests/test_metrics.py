@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import signal
 import urllib.request
-from typing import Callable
+from collections.abc import Callable
 
 from rtcore.runtime.config import Settings
 from rtcore.runtime.metrics import serve_metrics

@@ -60,7 +60,7 @@ def test_same_size_but_corrupt_assembly_is_caught_by_verify(base_dir: Path, tmp_
 def test_corrupt_package_parts_give_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = {pkg: models._package_dir(pkg, pkg) for pkg, _ in models.WHISPER_BASE_PARTS}
     fake: dict[str, Path] = {}
-    for pkg, part in models.WHISPER_BASE_PARTS:
+    for pkg, _part in models.WHISPER_BASE_PARTS:
         data = tmp_path / pkg / "data"
         data.mkdir(parents=True)
         for f in (real[pkg] / "data").iterdir():

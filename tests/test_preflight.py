@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from rtcore.dialog.ari.preflight import PreflightError, asterisk_info
-from rtcore.sim.ari import AriSimulator
 from rtcore.dialog.script import load_script
+from rtcore.sim.ari import AriSimulator
 from tests.conftest import REPO
 
 USER, PASSWORD = "rtcore", "right-one"
@@ -39,7 +39,7 @@ class ThreadedAsterisk:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.sim: AriSimulator | None = None
 
-    def start(self, port: int = 0) -> "ThreadedAsterisk":
+    def start(self, port: int = 0) -> ThreadedAsterisk:
         self.thread.start()
 
         async def start() -> AriSimulator:

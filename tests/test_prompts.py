@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from rtcore.sim.ari import AriSimulator
-from rtcore.dialog.script import DialogScript, Prompt, load_script
 from rtcore.dialog.prompts import MANIFEST, build_prompts, check_installed, install_prompts
+from rtcore.dialog.script import DialogScript, Prompt, load_script
+from rtcore.sim.ari import AriSimulator
 from tests.conftest import REPO
 
 COMMAND = "espeak-ng -v fr+f3 -s 150 --stdin -w {out}"

@@ -4,14 +4,23 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 
-from rtcore.runtime.ring import (AudioRings, NoFreeSlotError, NotYetWrittenError, OverrunError, RingError, RingSpec,
-                         SlotLease, StaleSlotError, segment_name, sweep_leftovers)
+from rtcore.runtime.ring import (
+    AudioRings,
+    NoFreeSlotError,
+    NotYetWrittenError,
+    OverrunError,
+    RingError,
+    RingSpec,
+    StaleSlotError,
+    segment_name,
+    sweep_leftovers,
+)
 
 
 @pytest.fixture
@@ -113,7 +122,9 @@ def test_an_ended_calls_audio_stays_readable_until_its_slot_is_reused(rings: Aud
     with pytest.raises(StaleSlotError):
         rings.write(first, ramp(0, 10))
     rings.free(first)  # freeing a stale lease must not free the new call's slot
-    assert sorted(rings.in_use(), key=lambda lease: lease.slot) == sorted([*others, second], key=lambda lease: lease.slot)
+    assert sorted(rings.in_use(), key=lambda lease: lease.slot) == sorted(
+        [*others, second], key=lambda lease: lease.slot
+    )
 
 
 def test_the_slot_freed_longest_ago_is_reused_first(rings: AudioRings) -> None:
@@ -175,9 +186,21 @@ def test_writer_process_and_reader_process_share_a_slot() -> None:
         lease = owner.allocate()  # slot 1: the writer must address the right slot
         total = 320 * 5000
         writer = subprocess.Popen(
-            [sys.executable, "-c", WRITER, spec.name, str(spec.n_slots), str(spec.capacity),
-             str(lease.slot), str(lease.generation), str(total)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-c",
+                WRITER,
+                spec.name,
+                str(spec.n_slots),
+                str(spec.capacity),
+                str(lease.slot),
+                str(lease.generation),
+                str(total),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert writer.stdout is not None and writer.stdin is not None
         assert writer.stdout.readline().strip() == "attached"
         reader = AudioRings.attach(spec)

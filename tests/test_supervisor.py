@@ -7,14 +7,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import redis
 
 from rtcore.runtime.config import Settings
-from rtcore.runtime.ring import AudioRings, SHM_PREFIX
+from rtcore.runtime.ring import SHM_PREFIX
 from rtcore.runtime.supervisor import ProcessSpec, Supervisor, SupervisorError
 from tests.conftest import REPO
 
@@ -109,7 +108,9 @@ def test_one_supervisor_per_instance(make_settings: Callable[..., Settings]) -> 
     sup = Supervisor(settings, [])
     sup.start()
     try:
-        with pytest.raises(SupervisorError, match=f"another rtcore supervisor of this instance is running \\(pid {os.getpid()}"):
+        with pytest.raises(
+            SupervisorError, match=f"another rtcore supervisor of this instance is running \\(pid {os.getpid()}"
+        ):
             Supervisor(settings, []).start()
         assert len(segments(settings.instance)) == 1  # the refused start swept nothing
     finally:
@@ -151,8 +152,12 @@ def test_kill_9_of_the_supervisor_then_next_start_cleans_up(make_settings: Calla
     import json
 
     settings = make_settings()
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, settings.model_dump_json(), str(REPO)],
-                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, settings.model_dump_json(), str(REPO)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     assert driver.stdout is not None
     info = json.loads(driver.stdout.readline())
     assert segments(settings.instance) == [info["segment"]]
@@ -181,11 +186,20 @@ def test_launch_runs_and_stops_cleanly(make_settings: Callable[..., Settings]) -
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe_socket:
         probe_socket.bind(("127.0.0.1", 0))
         rtp_port = probe_socket.getsockname()[1]
-    env = {**os.environ, "RTCORE_RTP_PORT": str(rtp_port), "RTCORE_INSTANCE": settings.instance, "RTCORE_RUN_DIR": settings.run_dir,
-           "RTCORE_DATA_DIR": settings.data_dir, "RTCORE_METRICS_PORT": "0", "RTCORE_MAX_CALLS": "2",
-           "RTCORE_ARI_PASSWORD": "launch-secret", "RTCORE_HTTP_PORT": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "rtcore.cli", "launch"], env=env, cwd=REPO,
-                            stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "RTCORE_RTP_PORT": str(rtp_port),
+        "RTCORE_INSTANCE": settings.instance,
+        "RTCORE_RUN_DIR": settings.run_dir,
+        "RTCORE_DATA_DIR": settings.data_dir,
+        "RTCORE_METRICS_PORT": "0",
+        "RTCORE_MAX_CALLS": "2",
+        "RTCORE_ARI_PASSWORD": "launch-secret",
+        "RTCORE_HTTP_PORT": "0",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtcore.cli", "launch"], env=env, cwd=REPO, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stderr is not None
     lines = []
     for line in proc.stderr:

@@ -45,7 +45,7 @@ def test_batched_equals_one_stream_at_a_time_while_calls_join_and_leave(model: S
             continue
         chunks = np.stack([signals[k][(tick - schedule[k][0]) * CHUNK:(tick - schedule[k][0] + 1) * CHUNK]
                            for k in keys])
-        for k, p in zip(keys, vad.step(keys, chunks)):
+        for k, p in zip(keys, vad.step(keys, chunks), strict=True):
             got[k].append(float(p))
         batch_sizes.append(len(keys))
     assert max(batch_sizes) == 4

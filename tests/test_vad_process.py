@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from rtcore.runtime.audio import float_to_pcm16, load_audio
 from rtcore.runtime.bus import Publisher, Subscriber

@@ -7,15 +7,15 @@ import sys
 import numpy as np
 import pytest
 
+from rtcore.asr.batcher import BatchPolicy
+from rtcore.asr.evaluation import wer
+from rtcore.asr.whisper import WhisperEngine, WhisperOptions
 from rtcore.asr.worker import transcribe_offline
 from rtcore.runtime.audio import load_audio
-from rtcore.asr.batcher import BatchPolicy
 from rtcore.runtime.config import Settings
-from rtcore.asr.evaluation import wer
 from rtcore.runtime.models import whisper_model_dir
 from rtcore.vad.segmenter import SegmenterOptions, segment_streams
 from rtcore.vad.silero import BatchedVad, SileroVad
-from rtcore.asr.whisper import WhisperEngine, WhisperOptions
 from tests.conftest import AUDIO_FR, REPO, require_shared_audio
 
 REF_FILES = ["OSR_fr_000_0041_8k", "leopard_test_fr", "cheetah_test_fr"]
@@ -59,7 +59,7 @@ def test_an_utterance_in_a_batch_gives_the_same_text_as_alone(engine: WhisperEng
     audios = [audio for _, audio in utterances[:8]]
     batched, timing = engine.transcribe(audios, 10.0)
     assert timing.batch_size == 8
-    for audio, in_batch in zip(audios, batched):
+    for audio, in_batch in zip(audios, batched, strict=True):
         [alone], _ = engine.transcribe([audio], 10.0)
         assert in_batch.text == alone.text
     assert all(r.text for r in batched)

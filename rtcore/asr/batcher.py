@@ -17,12 +17,15 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from rtcore.asr.whisper import MAX_WINDOW_S, SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from rtcore.runtime.config import Settings
 
 
 @dataclass
@@ -49,7 +52,7 @@ class BatchPolicy:
     step_s: float = 2.0
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "BatchPolicy":  # noqa: F821
+    def from_settings(cls, settings: Settings) -> BatchPolicy:
         return cls(batch_size=settings.asr_batch_size, max_wait_s=settings.asr_max_wait_ms / 1000,
                    window_s=settings.asr_window_s, margin_s=settings.asr_window_margin_s,
                    step_s=settings.asr_window_step_s)

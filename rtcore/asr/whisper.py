@@ -13,12 +13,16 @@ import math
 import re
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from rtcore.runtime.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ class WhisperOptions:
     compression_ratio_threshold: float = 2.4
 
     @classmethod
-    def from_settings(cls, settings: "Settings", model_dir: Path) -> "WhisperOptions":  # noqa: F821
+    def from_settings(cls, settings: Settings, model_dir: Path) -> WhisperOptions:
         return cls(model_dir=str(model_dir), language=settings.asr_language, beam_size=settings.asr_beam_size,
                    device=settings.asr_device, compute_type=settings.asr_compute_type,
                    intra_threads=settings.asr_intra_threads, inter_threads=settings.asr_inter_threads)
@@ -165,7 +169,7 @@ class WhisperEngine:
         results = [r.result() for r in pending]
         t2 = time.perf_counter()
         pieces: list[list[tuple[str, float, float]]] = [[] for _ in audios]
-        for owner, result in zip(owners, results):
+        for owner, result in zip(owners, results, strict=True):
             tokens = [t for t in result.sequences_ids[0] if t < self.tokenizer.eot]
             # As faster-whisper: the score is length-normalised; turn it back into a mean.
             cum_logprob = result.scores[0] * (len(tokens) ** 1.0)
@@ -180,7 +184,7 @@ class WhisperEngine:
         if loops and window_s < MAX_WINDOW_S:
             retried, extra = self.transcribe([audios[i] for i in loops], min(MAX_WINDOW_S, window_s + 10.0),
                                              [languages[i] for i in loops] if languages else None, while_waiting)
-            for i, result in zip(loops, retried):
+            for i, result in zip(loops, retried, strict=True):
                 if not result.hallucination:
                     out[i] = result
             timing = BatchTiming(timing.features_s + extra.features_s, timing.inference_s + extra.inference_s,

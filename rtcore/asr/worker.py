@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rtcore.runtime.audio import pcm16_to_float
 from rtcore.asr.batcher import AsrBatcher, AsrRequest, BatchPolicy
+from rtcore.asr.whisper import WhisperEngine, WhisperResult
+from rtcore.runtime.audio import pcm16_to_float
 from rtcore.runtime.messages import Transcript, UtteranceReady
 from rtcore.runtime.ring import AudioRings, RingError, SlotLease
-from rtcore.asr.whisper import WhisperEngine, WhisperResult
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -82,7 +83,7 @@ class AsrWorker:
                         len(batch), max(r.duration_s for r in batch), timing.window_s, timing.inference_s,
                         f"; flagged: {', '.join(reasons)}" if reasons else "")
         out = []
-        for request, result in zip(batch, results):
+        for request, result in zip(batch, results, strict=True):
             utterance: UtteranceReady = request.meta
             self.utterances += 1
             self.flagged += result.hallucination
@@ -102,7 +103,7 @@ class AsrWorker:
 
 
 def transcribe_offline(engine: WhisperEngine, policy: BatchPolicy,
-                       items: list[tuple[str, "npt.NDArray[np.float32]"]], language: str = ""
+                       items: list[tuple[str, npt.NDArray[np.float32]]], language: str = ""
                        ) -> dict[str, WhisperResult]:
     """Whole files' utterances at once (`rtcore transcribe`, benchmarks): the same batcher, every
     batch due at once, so each batch is as full as the length buckets allow."""
@@ -112,5 +113,5 @@ def transcribe_offline(engine: WhisperEngine, policy: BatchPolicy,
     results: dict[str, WhisperResult] = {}
     while batch := batcher.pop_due(0.0, flush=True):
         outputs, _ = engine.transcribe([r.audio for r in batch], batch[0].window_s, [r.language for r in batch])
-        results.update((r.key, out) for r, out in zip(batch, outputs))
+        results.update((r.key, out) for r, out in zip(batch, outputs, strict=True))
     return results

@@ -6,10 +6,8 @@ and RTP source) to the audio path. On the caller's StasisEnd: delete the media c
 bridge (Asterisk keeps both), free the slot, close the lead. After an ending's last prompt has
 played, we hang up.
 
-Turn-taking: while the bot speaks the caller is either ignored (ListenMode "ignore": the seed's
-way) or may barge in (SpeechStarted stops the prompts). After the bot's last prompt, a no-input
-timer re-prompts on silence. A prompt Asterisk fails to play is played again once; a second
-failure ends the call politely (outcome "error"). Every ARI error is confined to its call.
+Turn-taking (prompts, barge-in, silence, the caller's transcripts and DTMF) is rtcore.dialog.turns.
+Every ARI error is confined to its call.
 
 Each (re)connection of the events WebSocket is followed by a synchronisation with what Asterisk
 and Redis hold (rtcore.dialog.recovery): a restarted dialog process takes back the calls in progress.
@@ -22,16 +20,18 @@ import logging
 import secrets
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from rtcore.dialog.ari.client import CONNECTED, AriClient, AriError
-from rtcore.dialog.setup import BRIDGE, HELPER_CHANNEL_TYPES, OWN_ARGS_PREFIX, SetupError, StasisWaiter, connect_media
-from rtcore.dialog.engine import DialogEngine, Reply
+from rtcore.dialog.call import Call
+from rtcore.dialog.engine import DialogEngine
+from rtcore.dialog.leads import Lead, LeadStore
 from rtcore.dialog.script import DialogScript
-from rtcore.dialog.leads import Lead, LeadStore, Turn
-from rtcore.runtime.messages import CallEnded, CallStarted, ListenMode, Message, SpeechStarted, Transcript, TurnTaken
-from rtcore.runtime.ring import AudioRings, NoFreeSlotError, SlotLease
+from rtcore.dialog.setup import BRIDGE, HELPER_CHANNEL_TYPES, OWN_ARGS_PREFIX, SetupError, StasisWaiter, connect_media
+from rtcore.dialog.turns import IntentSource, TurnTaking
+from rtcore.runtime.messages import CallEnded, CallStarted, Message, SpeechStarted, Transcript
+from rtcore.runtime.ring import AudioRings, NoFreeSlotError
 
 log = logging.getLogger(__name__)
 
@@ -41,35 +41,7 @@ CALLER_HUNG_UP, BOT_HUNG_UP = "caller hung up", "bot hung up"
 RECENTLY_ENDED_KEPT = 4096
 
 
-class IntentSource(Protocol):
-    async def classify(self, text: str, state: str | None = None) -> Any: ...
-
-
-@dataclass
-class Call:
-    call_id: str  # the caller's channel id
-    caller: str
-    lease: SlotLease | None = None
-    engine: DialogEngine | None = None
-    lead: Lead | None = None
-    playbacks: list[str] = field(default_factory=list)  # ours, playing or queued, in order
-    playback_prompts: dict[str, str] = field(default_factory=dict)  # playback id -> prompt name
-    retries: set[str] = field(default_factory=set)  # playback ids that replay a failed prompt
-    hangup_after_prompts: bool = False
-    hung_up_by_bot: bool = False
-    no_input_timer: asyncio.TimerHandle | None = None
-    last_prompt_at: float = 0.0
-    setup_done: bool = False
-    saying: bool = False  # requesting a reply's prompts: their ends are not yet the end of the turn
-    ended: bool = False
-    gone: asyncio.Event = field(default_factory=asyncio.Event)  # set when the call ends
-    helpers: list[str] = field(default_factory=list)  # channel and bridge ids we created for this call
-    rtp_source: str = ""
-    started: CallStarted | None = None  # the announcement, repeated by reannounce()
-    persist: bool = True  # False: taken back without its Redis record, whose lead must not be overwritten
-
-
-class CallController:
+class CallController(TurnTaking):
     def __init__(self, ari: AriClient, script: DialogScript, intents: IntentSource, rings: AudioRings,
                  store: LeadStore, publish: Callable[[Message], None], rtp_host: str, rtp_port: int,
                  barge_in: bool = True, clock: Callable[[], float] = time.time,
@@ -239,203 +211,6 @@ class CallController:
         if helper_id not in call.helpers:
             call.helpers.append(helper_id)
         self._owner[helper_id] = call.call_id
-
-    # --- speaking -----------------------------------------------------------------------------
-    async def say(self, call: Call, reply: Reply, turn: Turn | None = None) -> None:
-        """Play a reply's prompts (queued one after the other by Asterisk)."""
-        self._cancel_no_input(call)
-        if reply.hangup:
-            call.hangup_after_prompts = True
-        assert call.lead is not None and call.engine is not None
-        for name, value in reply.saved.items():
-            setattr(call.lead, name, value)
-        if reply.outcome:
-            call.lead.outcome = reply.outcome
-        if turn is not None:
-            if turn.latency_ms.get("eos_at"):
-                turn.latency_ms["eos_to_reply"] = (self._clock() - turn.latency_ms.pop("eos_at")) * 1000
-            call.lead.turns.append(turn)
-        if not reply.prompts:
-            if call.hangup_after_prompts:
-                await self.hangup(call)
-            return
-        # Saved before the prompts are requested too: a process that dies while asking them must
-        # leave its successor the turn it took (the saved state says which question to ask again).
-        self.save(call)
-        was_speaking = bool(call.playbacks)
-        call.saying = True
-        for name in reply.prompts:
-            playback_id = self._register_playback(call, name)
-            if await self._request_play(call, playback_id, name) == "gone":
-                call.saying = False
-                return  # the caller is gone; StasisEnd will clean up
-        call.saying = False
-        if call.ended:
-            return
-        if not was_speaking:
-            self.store.set_bot_speaking(call.call_id, True)
-            self._listen_mode(call)
-        if not call.playbacks:  # short prompts may all have ended already
-            self._done_speaking(call)
-        self.save(call)
-
-    def _register_playback(self, call: Call, prompt: str, retry: bool = False) -> str:
-        self._playback_seq += 1
-        playback_id = f"{call.call_id}-pb{self._incarnation}-{self._playback_seq}"
-        call.playbacks.append(playback_id)
-        call.playback_prompts[playback_id] = prompt
-        if retry:
-            call.retries.add(playback_id)
-        self._owner[playback_id] = call.call_id
-        return playback_id
-
-    def _forget_playback(self, call: Call, playback_id: str) -> None:
-        if playback_id in call.playbacks:
-            call.playbacks.remove(playback_id)
-        call.playback_prompts.pop(playback_id, None)
-        call.retries.discard(playback_id)
-        self._owner.pop(playback_id, None)
-
-    async def _request_play(self, call: Call, playback_id: str, prompt: str) -> str:
-        """POST /play: "queued", "gone" (the caller left) or "refused" (another error, logged)."""
-        try:
-            await self.ari.play(call.call_id, f"sound:{self.script.prompts[prompt].audio}", playback_id)
-            return "queued"
-        except AriError as exc:
-            self._forget_playback(call, playback_id)
-            if exc.gone:
-                return "gone"
-            log.error("call %s: cannot play %s: %s", call.call_id, prompt, exc)
-            return "refused"
-
-    def _playback_finished(self, playback_id: str) -> None:
-        call = self.calls.get(self._owner.get(playback_id, ""))
-        if call is None or playback_id not in call.playbacks:
-            self._owner.pop(playback_id, None)
-            return
-        self._forget_playback(call, playback_id)
-        if call.playbacks or call.ended or call.saying:
-            return
-        self._done_speaking(call)
-
-    def _playback_failed(self, playback_id: str, media_uri: str) -> None:
-        """Asterisk could not play a prompt (a missing or unplayable file; also what a caller
-        hanging up mid-prompt looks like): play it again once; a second failure ends the call."""
-        call = self.calls.get(self._owner.get(playback_id, ""))
-        if call is None or playback_id not in call.playbacks or call.ended:
-            self._playback_finished(playback_id)
-            return
-        prompt = call.playback_prompts.get(playback_id, "")
-        final = playback_id in call.retries
-        # The replacement is registered before the failed one goes, so the turn never looks over.
-        retry_id = None if final else self._register_playback(call, prompt, retry=True)
-        self._forget_playback(call, playback_id)
-        if retry_id is None:
-            self.counters["playbacks_failed_twice"] += 1
-            log.error("call %s: prompt %s (%s) failed again: ending the call", call.call_id, prompt, media_uri)
-            self.spawn(self.fail(call, f"prompt {prompt} could not be played"))
-            return
-        self.spawn(self._retry_prompt(call, retry_id, prompt, media_uri))
-
-    async def _retry_prompt(self, call: Call, playback_id: str, prompt: str, media_uri: str) -> None:
-        result = await self._request_play(call, playback_id, prompt)
-        if result == "queued":
-            # Counted only now: a caller who hung up mid-prompt also fails it, which is no fault.
-            self.counters["playbacks_failed"] += 1
-            log.warning("call %s: Asterisk failed to play %s (%s): playing it again", call.call_id, prompt, media_uri)
-        elif result == "refused":
-            await self.fail(call, f"prompt {prompt} could not be played")
-        elif not call.playbacks and not call.saying and not call.ended:
-            log.debug("call %s: %s failed as the caller left", call.call_id, prompt)
-
-    def _done_speaking(self, call: Call) -> None:
-        """The bot's last prompt has ended: hang up after an ending, else the caller's turn."""
-        call.last_prompt_at = self._clock()
-        self.store.set_bot_speaking(call.call_id, False)
-        if call.hangup_after_prompts:
-            self.spawn(self.hangup(call))
-            return
-        self._listen_mode(call)
-        self._arm_no_input(call)
-        self.save(call)
-
-    async def _stop_prompts(self, call: Call) -> None:
-        """Barge-in: the caller speaks over the bot; stop what plays and what is queued."""
-        for playback_id in list(call.playbacks):
-            try:
-                await self.ari.stop_playback(playback_id)
-            except AriError as exc:
-                if exc.status != 404:  # already finished: nothing to stop
-                    log.warning("call %s: cannot stop %s: %s", call.call_id, playback_id, exc)
-
-    def _listen_mode(self, call: Call) -> None:
-        if not call.setup_done or self.barge_in:
-            return  # with barge-in the VAD always listens
-        self.publish(ListenMode(call_id=call.call_id, mode="ignore" if call.playbacks else "listen"))
-
-    def _arm_no_input(self, call: Call) -> None:
-        self._cancel_no_input(call)
-        loop = asyncio.get_running_loop()
-        call.no_input_timer = loop.call_later(self.script.no_input.timeout_s,
-                                              lambda: self.spawn(self._no_input(call)))
-
-    def _cancel_no_input(self, call: Call) -> None:
-        if call.no_input_timer is not None:
-            call.no_input_timer.cancel()
-            call.no_input_timer = None
-
-    # --- the caller's turns -------------------------------------------------------------------
-    async def _no_input(self, call: Call) -> None:
-        if call.ended or call.playbacks or call.engine is None:
-            return
-        turn = Turn(at=self._clock(), prompt=list(call.engine.state.last_prompts), source="silence")
-        await self.say(call, call.engine.on_no_input(), turn)
-
-    async def _transcript(self, call: Call, transcript: Transcript) -> None:
-        assert call.engine is not None
-        now = self._clock()
-        self._cancel_no_input(call)
-        turn = Turn(at=now, prompt=list(call.engine.state.last_prompts), transcript=transcript.text,
-                    latency_ms={"eos_to_transcript": ((transcript.published_at or now) - transcript.eos_at) * 1000
-                                if transcript.eos_at else 0.0,
-                                "asr_queue": transcript.queue_ms, "asr_inference": transcript.inference_ms,
-                                "eos_at": transcript.eos_at})
-        if transcript.error or transcript.hallucination or not transcript.text.strip():
-            # Not the caller's words (noise, Whisper inventing, audio lost): nothing was said.
-            turn.intent = "unknown"
-            if call.playbacks:
-                return  # the bot is still speaking: no reprompt on top of it
-            turn.source = "noise"
-            await self.say(call, call.engine.on_no_input(), turn)
-            self._turn_taken(call, transcript, turn)
-            return
-        result = await self.intents.classify(transcript.text, call.engine.state.state)
-        turn.intent, turn.score = result.intent, float(result.score)
-        if call.ended:
-            return
-        if call.playbacks and not call.hangup_after_prompts:
-            await self._stop_prompts(call)  # answered before the question ended
-        await self.say(call, call.engine.on_intent(result.intent, dict(result.slots)), turn)
-        self._turn_taken(call, transcript, turn)
-
-    def _turn_taken(self, call: Call, transcript: Transcript, turn: Turn) -> None:
-        self.publish(TurnTaken(call_id=call.call_id, utterance_id=transcript.utterance_id, intent=turn.intent,
-                               eos_to_transcript_ms=turn.latency_ms.get("eos_to_transcript", 0.0),
-                               eos_to_reply_ms=turn.latency_ms.get("eos_to_reply", 0.0)))
-
-    async def _dtmf(self, call: Call, digit: str) -> None:
-        if call.engine is None or call.ended:
-            return
-        pressed = call.engine.state.dtmf + digit  # what this turn typed, before the engine resets it
-        reply = call.engine.on_dtmf(digit)
-        if reply is not None:
-            turn = Turn(at=self._clock(), prompt=list(call.engine.state.last_prompts), transcript=pressed,
-                        intent="ok_zipcode" if reply.saved.get("zip_code") else "unknown", source="dtmf")
-            if call.playbacks and not call.hangup_after_prompts:
-                await self._stop_prompts(call)
-            await self.say(call, reply, turn)
-        else:
-            self.save(call)  # the digits so far are part of the call's state
 
     # --- the end ------------------------------------------------------------------------------
     async def hangup(self, call: Call) -> None:

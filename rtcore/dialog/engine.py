@@ -30,7 +30,7 @@ class DialogState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DialogState":
+    def from_dict(cls, data: dict[str, Any]) -> DialogState:
         return cls(**data)
 
 

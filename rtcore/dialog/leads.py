@@ -27,9 +27,10 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -75,7 +76,7 @@ class Lead:
         return json.dumps(asdict(self), ensure_ascii=False)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Lead":
+    def from_json(cls, text: str | bytes) -> Lead:
         data = json.loads(text)
         turn_fields = set(Turn.__dataclass_fields__)
         data["turns"] = [Turn(**{k: v for k, v in t.items() if k in turn_fields}) for t in data.get("turns", [])]
@@ -162,10 +163,10 @@ class LeadStore:
         queued: a restarted dialog process reads what its predecessor wrote). Raises RedisError
         or OSError when Redis cannot be read."""
         ids = sorted(m.decode() if isinstance(m, bytes) else str(m)
-                     for m in await self._client.smembers(ACTIVE_CALLS))  # type: ignore[misc]
+                     for m in await self._client.smembers(ACTIVE_CALLS))
         records = []
         for call_id in ids:
-            raw_state = await self._client.hgetall(f"{PREFIX}call:{call_id}")  # type: ignore[misc]
+            raw_state = await self._client.hgetall(f"{PREFIX}call:{call_id}")
             state: dict[str, Any] = {}
             for key, value in raw_state.items():
                 name = key.decode() if isinstance(key, bytes) else str(key)

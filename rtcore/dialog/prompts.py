@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtcore.sim.ari.sounds import EXTENSION_FORMATS
+from rtcore.dialog.ari.formats import EXTENSION_FORMATS
 from rtcore.dialog.script import DialogScript, Prompt
 
 log = logging.getLogger(__name__)
@@ -283,15 +283,23 @@ def _sound_formats(sounds: Iterable[Any]) -> dict[tuple[str, str], set[str]]:
         if not isinstance(sound, Mapping) or not isinstance(sound.get("id"), str):
             continue
         for pair in sound.get("formats") or ():
-            if isinstance(pair, Mapping) and isinstance(pair.get("language"), str) and isinstance(pair.get("format"), str):
+            if (
+                isinstance(pair, Mapping)
+                and isinstance(pair.get("language"), str)
+                and isinstance(pair.get("format"), str)
+            ):
                 found.setdefault((sound["id"], pair["language"]), set()).add(pair["format"])
     return found
 
 
 def _format_warnings(audio: str, where: str, formats: set[str]) -> list[str]:
     if not formats & TRANSLATABLE:
-        return [(f"sound:{audio} in {where} has no format Asterisk translates for a G.711 caller "
-                 f"({', '.join(sorted(formats))})")]
+        return [
+            (
+                f"sound:{audio} in {where} has no format Asterisk translates for a G.711 caller "
+                f"({', '.join(sorted(formats))})"
+            )
+        ]
     if "slin" not in formats:
         return []
     # The slin path (600000) is cheaper than alaw<->ulaw (915000) and any two-step one: without the
@@ -299,9 +307,13 @@ def _format_warnings(audio: str, where: str, formats: set[str]) -> list[str]:
     callers = [codec for codec in G711 if codec not in formats]
     if not callers:
         return []
-    return [(f"sound:{audio} in {where} plays a slin file (.wav, .sln or .raw) to {' and '.join(callers)} callers: "
-             "a .wav must be 8 kHz (a 16 kHz .wav fails every playback); `rtcore prompts install` writes "
-             ".sln16, .ulaw and .alaw")]
+    return [
+        (
+            f"sound:{audio} in {where} plays a slin file (.wav, .sln or .raw) to {' and '.join(callers)} callers: "
+            "a .wav must be 8 kHz (a 16 kHz .wav fails every playback); `rtcore prompts install` writes "
+            ".sln16, .ulaw and .alaw"
+        )
+    ]
 
 
 def check_installed(script: DialogScript, sounds: Iterable[Any]) -> PromptCheck:
@@ -325,8 +337,10 @@ def check_installed(script: DialogScript, sounds: Iterable[Any]) -> PromptCheck:
         if root is None and not per_language:
             missing.append(prompt.name)
             if not slash:
-                warnings.append(f"sound:{audio} cannot be checked: GET /sounds does not list files at the top "
-                                "of the sounds directory")
+                warnings.append(
+                    f"sound:{audio} cannot be checked: GET /sounds does not list files at the top "
+                    "of the sounds directory"
+                )
             continue
         if root is not None:
             warnings += _format_warnings(audio, f"sounds/{top}/", root)
@@ -338,6 +352,8 @@ def check_installed(script: DialogScript, sounds: Iterable[Any]) -> PromptCheck:
             languages[prompt.name] = tuple(sorted(per_language))
             folders = ", ".join(f"sounds/{lang}/" for lang in sorted(per_language))
             advice = f"; `rtcore prompts install` puts it in sounds/{top}/ for every language" if slash else ""
-            warnings.append(f"sound:{audio} is only in {folders}: it plays only to channels whose language is "
-                            f"{' or '.join(sorted(per_language))}{advice}")
+            warnings.append(
+                f"sound:{audio} is only in {folders}: it plays only to channels whose language is "
+                f"{' or '.join(sorted(per_language))}{advice}"
+            )
     return PromptCheck(tuple(missing), tuple(warnings), languages)

@@ -30,13 +30,14 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from rtcore.dialog.ari.client import AriError
-from rtcore.dialog.setup import BRIDGE, HELPER_CHANNEL_TYPES, MEDIA, SNOOP_IN, call_of_helper
+from rtcore.dialog.call import Call
 from rtcore.dialog.engine import DialogEngine, DialogState
 from rtcore.dialog.leads import CallRecord, Lead, Turn
+from rtcore.dialog.setup import BRIDGE, HELPER_CHANNEL_TYPES, MEDIA, SNOOP_IN, call_of_helper
 from rtcore.runtime.ring import NoFreeSlotError, SlotLease, SlotOwner
 
 if TYPE_CHECKING:
-    from rtcore.dialog.calls import Call, CallController
+    from rtcore.dialog.calls import CallController
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,6 @@ def _restore(ctrl: CallController, call_id: str, record: CallRecord | None,
              channel: dict[str, Any] | None) -> tuple[Call, bool]:
     """A Call rebuilt from its record (as much of it as can be read) and Asterisk's channel, and
     whether its dialog state could be read back."""
-    from rtcore.dialog.calls import Call
-
     state = record.state if record else {}
     caller = str(state.get("caller") or ((channel or {}).get("caller") or {}).get("number", ""))
     call = Call(call_id, caller)

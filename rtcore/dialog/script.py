@@ -131,34 +131,45 @@ def _build(data: Any, source: str) -> DialogScript:
     for name, value in _mapping(data["endings"], "endings").items():
         value = _mapping(value, f"endings.{name}")
         if value.get("outcome") not in OUTCOMES:
-            raise ScriptError(f"endings.{name}: outcome must be one of {', '.join(OUTCOMES)}, got {value.get('outcome')!r}")
+            raise ScriptError(
+                f"endings.{name}: outcome must be one of {', '.join(OUTCOMES)}, got {value.get('outcome')!r}"
+            )
         endings[name] = Ending(name, str(value.get("prompt", "")), value["outcome"])
     states = {}
     for name, value in _mapping(data["states"], "states").items():
         value = _mapping(value, f"states.{name}")
-        on = {str(i): _action(a, f"states.{name}.when.{i}")
-              for i, a in _mapping(value.get("when", {}), f"states.{name}.when").items()}
+        on = {
+            str(i): _action(a, f"states.{name}.when.{i}")
+            for i, a in _mapping(value.get("when", {}), f"states.{name}.when").items()
+        }
         unknown = set(value) - {"prompt", "reprompt", "when"}
         if unknown:
-            raise ScriptError(f"states.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
-                              "(known: prompt, reprompt, when)")
-        states[name] = State(name, str(value.get("prompt", "")), str(value.get("reprompt") or value.get("prompt", "")), on)
+            raise ScriptError(
+                f"states.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))} (known: prompt, reprompt, when)"
+            )
+        states[name] = State(
+            name, str(value.get("prompt", "")), str(value.get("reprompt") or value.get("prompt", "")), on
+        )
     recovery_data = _mapping(data.get("recovery", {}), "recovery")
     unknown_keys = set(recovery_data) - {"resume", "ending"}
     if unknown_keys:
-        raise ScriptError(f"recovery: unknown key(s) {', '.join(sorted(map(str, unknown_keys)))} (known: ending, resume)")
+        raise ScriptError(
+            f"recovery: unknown key(s) {', '.join(sorted(map(str, unknown_keys)))} (known: ending, resume)"
+        )
     recovery = Recovery(str(recovery_data.get("resume") or ""), str(recovery_data.get("ending") or ""))
     global_actions = {str(i): _action(a, f"global.{i}") for i, a in _mapping(data.get("global", {}), "global").items()}
     for intent, prompt in _mapping(data.get("faq", {}), "faq").items():
         global_actions.setdefault(str(intent), Action(say=str(prompt)))
-    script = DialogScript(str(data["start"]), prompts, states, endings, global_actions, counters, no_input, recovery,
-                          source)
+    script = DialogScript(
+        str(data["start"]), prompts, states, endings, global_actions, counters, no_input, recovery, source
+    )
     _check(script)
     return script
 
 
 def _check(s: DialogScript) -> None:
     """Every reference resolves; every intent name is one the classifiers produce."""
+
     def prompt(name: str | None, where: str) -> None:
         if name and name not in s.prompts:
             raise ScriptError(f"{where}: unknown prompt {name!r}")
@@ -188,9 +199,9 @@ def _check(s: DialogScript) -> None:
             prompt(action.say, here)
             if action.next and action.next not in s.states:
                 raise ScriptError(f"{here}: unknown state {action.next!r}")
-            for ending in (action.end, action.exhausted):
-                if ending and ending not in s.endings:
-                    raise ScriptError(f"{here}: unknown ending {ending!r}")
+            for ending_name in (action.end, action.exhausted):
+                if ending_name and ending_name not in s.endings:
+                    raise ScriptError(f"{here}: unknown ending {ending_name!r}")
             if action.save and action.save not in SLOTS:
                 raise ScriptError(f"{here}: unknown slot {action.save!r} (slots: {', '.join(SLOTS)})")
             if action.counter and action.counter not in s.counters:

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rtcore.dialog.ari.client import AriError
+from rtcore.dialog.call import Call
 
 if TYPE_CHECKING:
-    from rtcore.dialog.calls import Call, CallController
+    from rtcore.dialog.calls import CallController
 
 log = logging.getLogger(__name__)
 

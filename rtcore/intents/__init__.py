@@ -2,7 +2,8 @@
 
 `IntentSource` is what the dialog calls; `EmbeddedIntentSource` (no network, no model) and
 `HttpIntentClient` (the seed's main + FAQ APIs) both implement it, and `intent_source(settings)`
-picks one from the settings.
+picks one from the settings. A library called in-process by the dialog and by the HTTP service's
+seed-compatible intent endpoints; it imports nothing of rtcore.
 """
 
 from __future__ import annotations

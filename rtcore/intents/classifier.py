@@ -108,7 +108,7 @@ class TfidfIndex:
         postings: list[list[tuple[int, float]]] = [[] for _ in self.vocabulary]
         for doc, features in enumerate(documents):
             columns, weights, _ = self.weigh(features)
-            for column, weight in zip(columns.tolist(), weights.tolist()):
+            for column, weight in zip(columns.tolist(), weights.tolist(), strict=True):
                 postings[column].append((doc, weight))
         self.indptr = np.zeros(len(postings) + 1, dtype=np.int64)
         self.indptr[1:] = np.cumsum([len(p) for p in postings])
@@ -246,7 +246,7 @@ class IntentClassifier:
 
     def label_similarities(self, example_similarities: np.ndarray) -> dict[str, float]:
         maxima = np.maximum.reduceat(example_similarities, self.label_starts)
-        return dict(zip(self.labels, maxima.tolist()))
+        return dict(zip(self.labels, maxima.tolist(), strict=True))
 
     # --- slots -----------------------------------------------------------------------------------
     def evidence(self, folded: FoldedText, state: str | None) -> _Evidence:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -100,13 +101,13 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
         require_redis_server()
     if settings.ari_url:
         check_asterisk_first(settings)
-    from procs import pipeline
-    from rtcore.runtime.bus import Subscriber
     from rtcore.dialog.leads import read_leads
+    from rtcore.launch.pipeline import pipeline
+    from rtcore.launch.report import CpuMeter, LoadCollector, build_report, percentiles
+    from rtcore.runtime.bus import Subscriber
     from rtcore.runtime.messages import CallEnded, CallStarted, Transcript, TurnTaken, UtteranceReady
     from rtcore.runtime.metrics import serve_metrics
     from rtcore.runtime.models import whisper_model_dir
-    from rtcore.launch.report import CpuMeter, LoadCollector, build_report, percentiles
     from rtcore.runtime.supervisor import Supervisor, SupervisorError
 
     simulated = not settings.ari_url

@@ -19,12 +19,13 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from rtcore.runtime.config import Settings
 from rtcore.launch.launcher import run_launch
+from rtcore.runtime.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,19 @@ class Row:
         return float(self.report["latency_ms"]["eos_to_transcript"]["p95"])
 
     def meets(self, slo_ms: float) -> bool:
-        return self.report["utterances"]["dropped"] == 0 and self.report["utterances"]["total"] > 0 and self.p95 <= slo_ms
+        return (
+            self.report["utterances"]["dropped"] == 0 and self.report["utterances"]["total"] > 0 and self.p95 <= slo_ms
+        )
 
     def to_json(self) -> dict[str, Any]:
         total = self.report["utterances"]["total"]
-        return {"system": self.system, "calls": self.calls, "wall_s": round(self.wall_s, 1),
-                "utterances_per_s": round(total / self.wall_s, 3) if self.wall_s else 0.0, **self.report}
+        return {
+            "system": self.system,
+            "calls": self.calls,
+            "wall_s": round(self.wall_s, 1),
+            "utterances_per_s": round(total / self.wall_s, 3) if self.wall_s else 0.0,
+            **self.report,
+        }
 
 
 def systems_to_run(tuning: dict[str, list[float]], baselines: bool) -> dict[str, dict[str, Any]]:
@@ -65,29 +73,40 @@ def systems_to_run(tuning: dict[str, list[float]], baselines: bool) -> dict[str,
     out: dict[str, dict[str, Any]] = {}
     names = [n for n in TUNABLE if tuning.get(n)]
     for values in itertools.product(*(tuning[n] for n in names)) if names else [()]:
-        overrides = {TUNABLE[n]: (int(v) if n in INTEGER_TUNABLES else float(v)) for n, v in zip(names, values)}
-        label = "rtcore" + "".join(f" {n}={v:g}" for n, v in zip(names, values))
+        overrides = {
+            TUNABLE[n]: (int(v) if n in INTEGER_TUNABLES else float(v)) for n, v in zip(names, values, strict=True)
+        }
+        label = "rtcore" + "".join(f" {n}={v:g}" for n, v in zip(names, values, strict=True))
         out[label] = overrides
     if baselines:
         out.update(BASELINES)
     return out
 
 
-def run_bench(settings: Settings, levels: list[int], duration_s: float, out_dir: Path,
-              tuning: dict[str, list[float]] | None = None, baselines: bool = True,
-              say: Callable[[str], None] = print) -> dict[str, Any]:
+def run_bench(
+    settings: Settings,
+    levels: list[int],
+    duration_s: float,
+    out_dir: Path,
+    tuning: dict[str, list[float]] | None = None,
+    baselines: bool = True,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     for system, overrides in systems_to_run(tuning or {}, baselines).items():
         for calls in sorted(levels):
             say(f"--- {system}: {calls} concurrent calls, {duration_s:.0f} s of calls placed")
             t0 = time.monotonic()
-            report = run_launch(settings.model_copy(update=overrides), calls=calls, total_calls=0,
-                                duration_s=duration_s)
+            report = run_launch(
+                settings.model_copy(update=overrides), calls=calls, total_calls=0, duration_s=duration_s
+            )
             row = Row(system, calls, report, time.monotonic() - t0)
             rows.append(row)
-            say(f"    p95 eos->transcript {row.p95:.0f} ms, utterances {report['utterances']['total']}"
-                f" (dropped {report['utterances']['dropped']}), mean batch {report['asr']['mean_batch_size']}")
+            say(
+                f"    p95 eos->transcript {row.p95:.0f} ms, utterances {report['utterances']['total']}"
+                f" (dropped {report['utterances']['dropped']}), mean batch {report['asr']['mean_batch_size']}"
+            )
             if not row.meets(max(SLOS_MS)):
                 break  # past the loosest SLO: more calls only make it worse
     result = summarise(rows, levels, duration_s)
@@ -111,18 +130,29 @@ def summarise(rows: list[Row], levels: list[int], duration_s: float) -> dict[str
     cap = {s: {f"{slo / 1000:g}s": capacity(rows, s, slo) for slo in SLOS_MS} for s in systems}
     tuned = [s for s in systems if s.startswith("rtcore")]
     best = max(tuned, key=lambda s: (cap[s]["1.5s"], cap[s]["4s"]), default="")
-    return {"levels": sorted(levels), "duration_s": duration_s, "slo_ms": list(SLOS_MS), "capacity": cap,
-            "best_rtcore_setting": best, "rows": [r.to_json() for r in rows]}
+    return {
+        "levels": sorted(levels),
+        "duration_s": duration_s,
+        "slo_ms": list(SLOS_MS),
+        "capacity": cap,
+        "best_rtcore_setting": best,
+        "rows": [r.to_json() for r in rows],
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["| system | calls | utterances | dropped | eos→transcript p50 / p95 / max (ms) | eos→reply p95 (ms) "
-             "| mean batch | utt/s | CPU % |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| system | calls | utterances | dropped | eos→transcript p50 / p95 / max (ms) | eos→reply p95 (ms) "
+        "| mean batch | utt/s | CPU % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         t = r["latency_ms"]["eos_to_transcript"]
-        lines.append(f"| {r['system']} | {r['calls']} | {r['utterances']['total']} | {r['utterances']['dropped']} | "
-                     f"{t['p50']:.0f} / {t['p95']:.0f} / {t['max']:.0f} | {r['latency_ms']['eos_to_reply']['p95']:.0f} | "
-                     f"{r['asr']['mean_batch_size']} | {r['utterances_per_s']} | {r['cpu_percent']} |")
+        lines.append(
+            f"| {r['system']} | {r['calls']} | {r['utterances']['total']} | {r['utterances']['dropped']} | "
+            f"{t['p50']:.0f} / {t['p95']:.0f} / {t['max']:.0f} | {r['latency_ms']['eos_to_reply']['p95']:.0f} | "
+            f"{r['asr']['mean_batch_size']} | {r['utterances_per_s']} | {r['cpu_percent']} |"
+        )
     lines += ["", "| system | capacity@1.5 s | capacity@4 s |", "|---|---|---|"]
     for system, cap in result["capacity"].items():
         lines.append(f"| {system} | {cap['1.5s']} | {cap['4s']} |")
@@ -148,8 +178,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
         thr.plot(calls, [r["utterances_per_s"] for r in rows], marker="o", color=line.get_color(), label=system)
     for slo in result["slo_ms"]:
         lat.axhline(slo, color="grey", linewidth=0.8, linestyle=":")
-    lat.set(xscale="log", yscale="log", xlabel="concurrent calls", ylabel="eos → transcript (ms)",
-            title="Latency (SLO lines at 1.5 s and 4 s)")
+    lat.set(
+        xscale="log",
+        yscale="log",
+        xlabel="concurrent calls",
+        ylabel="eos → transcript (ms)",
+        title="Latency (SLO lines at 1.5 s and 4 s)",
+    )
     thr.set(xscale="log", xlabel="concurrent calls", ylabel="utterances transcribed / s", title="Throughput")
     lat.legend(fontsize=7)
     thr.legend(fontsize=7)

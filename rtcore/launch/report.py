@@ -13,14 +13,15 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import psutil
 
-from rtcore.runtime.bus import Subscriber
 from rtcore.dialog.leads import Lead
+from rtcore.runtime.bus import Subscriber
 from rtcore.runtime.messages import CallEnded, CallStarted, Transcript, TurnTaken, UtteranceReady
 
 

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from rtcore.runtime.config import Settings
 from rtcore.media.jitterbuffer import Item, JitterBuffer, StreamStats
-from rtcore.runtime.ring import AudioRings, RingError, SlotLease
 from rtcore.media.rtp import unpack_slin16
+from rtcore.runtime.config import Settings
+from rtcore.runtime.ring import AudioRings, RingError, SlotLease
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class RtpCapture(asyncio.DatagramProtocol):
         try:
             for item in items:
                 if item.__class__ is int:
-                    rings.write_silence(call.lease, item)  # type: ignore[arg-type]
+                    rings.write_silence(call.lease, item)
                 else:
                     rings.write(call.lease, item)
         except RingError as exc:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Iterable
+from collections.abc import Iterable
 
 import zmq
 
@@ -27,12 +27,15 @@ from rtcore.runtime.messages import AnyMessage, Message, MessageError, Utterance
 
 log = logging.getLogger(__name__)
 
+# pyzmq's sockets and contexts are generic over what recv() returns: bytes for every socket here.
+ZmqSocket = zmq.Socket[bytes]
+ZmqContext = zmq.Context[ZmqSocket]
 # Generous queues: an utterance message must not be dropped because the consumer blinked.
 HWM = 100_000
 
 
-def _socket(ctx: zmq.Context, kind: int, linger_ms: int) -> zmq.Socket:
-    sock = ctx.socket(kind)
+def _socket(ctx: ZmqContext, kind: int, linger_ms: int) -> ZmqSocket:
+    sock: ZmqSocket = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.SNDHWM, HWM)
     sock.setsockopt(zmq.RCVHWM, HWM)
@@ -42,7 +45,7 @@ def _socket(ctx: zmq.Context, kind: int, linger_ms: int) -> zmq.Socket:
 class Receiver:
     """Decodes frames off a socket; counts and skips what is not a valid message."""
 
-    def __init__(self, sock: zmq.Socket, with_topic: bool) -> None:
+    def __init__(self, sock: ZmqSocket, with_topic: bool) -> None:
         self.socket = sock
         self._with_topic = with_topic
         self.received = 0
@@ -99,7 +102,7 @@ class Receiver:
 class Publisher:
     """Publishes event messages to the bus (connects to the forwarder's XSUB endpoint)."""
 
-    def __init__(self, endpoint: str, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, ctx: ZmqContext | None = None) -> None:
         self.socket = _socket(ctx or zmq.Context.instance(), zmq.PUB, linger_ms=1000)
         self.socket.connect(endpoint)
 
@@ -113,7 +116,7 @@ class Publisher:
 class Subscriber(Receiver):
     """Receives the event messages of the given types (connects to the forwarder's XPUB endpoint)."""
 
-    def __init__(self, endpoint: str, types: Iterable[type[Message]], ctx: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, types: Iterable[type[Message]], ctx: ZmqContext | None = None) -> None:
         sock = _socket(ctx or zmq.Context.instance(), zmq.SUB, linger_ms=0)
         for message_type in types:
             sock.setsockopt(zmq.SUBSCRIBE, topic(message_type))
@@ -124,7 +127,7 @@ class Subscriber(Receiver):
 class ControlSender:
     """A child's channel to the supervisor."""
 
-    def __init__(self, endpoint: str, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, ctx: ZmqContext | None = None) -> None:
         self.socket = _socket(ctx or zmq.Context.instance(), zmq.PUSH, linger_ms=1000)
         self.socket.connect(endpoint)
 
@@ -138,7 +141,7 @@ class ControlSender:
 class ControlReceiver(Receiver):
     """The supervisor's end of the control channel."""
 
-    def __init__(self, endpoint: str, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, ctx: ZmqContext | None = None) -> None:
         sock = _socket(ctx or zmq.Context.instance(), zmq.PULL, linger_ms=0)
         sock.bind(endpoint)
         super().__init__(sock, with_topic=False)
@@ -149,7 +152,7 @@ class AsrClient:
     queues what it sends until the dispatcher is there, so no utterance is lost to a slow join;
     the transcript comes back on the bus (Transcript, matched by utterance id)."""
 
-    def __init__(self, endpoint: str, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, ctx: ZmqContext | None = None) -> None:
         self.socket = _socket(ctx or zmq.Context.instance(), zmq.DEALER, linger_ms=1000)
         self.socket.connect(endpoint)
 
@@ -166,7 +169,7 @@ class BusProxy:
     zmq.proxy runs in C without the GIL, so hosting it in the supervisor costs no Python time.
     """
 
-    def __init__(self, pub_endpoint: str, sub_endpoint: str, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, pub_endpoint: str, sub_endpoint: str, ctx: ZmqContext | None = None) -> None:
         self._ctx = ctx or zmq.Context.instance()
         self._frontend = _socket(self._ctx, zmq.XSUB, linger_ms=0)
         self._frontend.bind(pub_endpoint)
@@ -177,7 +180,7 @@ class BusProxy:
         self._control.bind(self._control_endpoint)
         self._thread = threading.Thread(target=self._run, name="bus-proxy", daemon=True)
 
-    def start(self) -> "BusProxy":
+    def start(self) -> BusProxy:
         self._thread.start()
         return self
 

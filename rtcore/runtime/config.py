@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -32,9 +33,12 @@ class Settings(BaseModel):
 
     # --- run ---------------------------------------------------------------------------------
     instance: str = Field("default", pattern=r"^[A-Za-z0-9_-]{1,32}$",
-                          description="Name of this deployment; two instances on one host never touch each other's resources.")
-    run_dir: str = Field("", description="Sockets, pid file and private Redis socket. Empty: $XDG_RUNTIME_DIR/rtcore/<instance> or /tmp/rtcore-<uid>/<instance>.")
-    data_dir: str = Field("", description="Persistent data (private Redis append-only file, recordings). Empty: ~/.local/share/rtcore/<instance>.")
+                          description="Name of this deployment; two instances on one host never touch each other's "
+                                      "resources.")
+    run_dir: str = Field("", description="Sockets, pid file and private Redis socket. Empty: "
+                                         "$XDG_RUNTIME_DIR/rtcore/<instance> or /tmp/rtcore-<uid>/<instance>.")
+    data_dir: str = Field("", description="Persistent data (private Redis append-only file, recordings). Empty: "
+                                          "~/.local/share/rtcore/<instance>.")
     model_cache_dir: str = Field("", description="Where the Whisper model is assembled. Empty: ~/.cache/rtcore/models.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -45,69 +49,121 @@ class Settings(BaseModel):
 
     # --- seed fields (names kept from the seed) -----------------------------------------------
     rtp_ip: str = Field("127.0.0.1", description="Address the RTP capture binds (Asterisk's external_host).")
-    rtp_port: int = Field(40000, ge=1, le=65535, description="UDP port of the RTP capture (one port for all calls, demultiplexed by source).")
+    rtp_port: int = Field(40000, ge=1, le=65535, description="UDP port of the RTP capture (one port for all calls, "
+                                                             "demultiplexed by source).")
     whisper_url: str = Field("", description="An external seed-style Whisper HTTP service; empty: rtcore's own ASR.")
     whisper_timeout: float = Field(30.0, gt=0, description="Seconds before a request to whisper_url is abandoned.")
-    vad_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Silero speech probability at or above which a chunk is speech.")
-    sample_rate: Literal[16000] = Field(16000, description="Audio sample rate; slin16 and Silero both fix it at 16 kHz.")
-    chunk_size: Literal[512] = Field(512, description="VAD chunk in samples (32 ms); Silero at 16 kHz accepts only 512.")
-    silence_threshold: int = Field(12, ge=1, le=200, description="Silent 32 ms chunks that end an utterance (seed: 2; 12 measured best, README).")
-    max_buffer_size: int = Field(320000, ge=16000, le=480000, description="Samples after which an utterance is cut even mid-speech (seed: 32000 = 2 s, which split most sentences; now 20 s).")
-    silence_chunks_context: int = Field(2, ge=0, le=50, description="Chunks of audio before speech onset prepended to an utterance.")
+    vad_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Silero speech probability at or above which a chunk "
+                                                                  "is speech.")
+    sample_rate: Literal[16000] = Field(16000, description="Audio sample rate; slin16 and Silero both fix it at 16 "
+                                                           "kHz.")
+    chunk_size: Literal[512] = Field(512, description="VAD chunk in samples (32 ms); Silero at 16 kHz accepts only "
+                                                      "512.")
+    silence_threshold: int = Field(12, ge=1, le=200, description="Silent 32 ms chunks that end an utterance (seed: 2; "
+                                                                 "12 measured best, README).")
+    max_buffer_size: int = Field(320000, ge=16000, le=480000, description="Samples after which an utterance is cut "
+                                                                          "even mid-speech (seed: 32000 = 2 s, which "
+                                                                          "split most sentences; now 20 s).")
+    silence_chunks_context: int = Field(2, ge=0, le=50, description="Chunks of audio before speech onset prepended to "
+                                                                    "an utterance.")
 
     # --- RTP capture and VAD (ours) -----------------------------------------------------------
     rtp_payload_type: int = Field(118, ge=0, le=127, description="RTP payload type of slin16 from Asterisk.")
-    rtp_reorder_window: int = Field(5, ge=0, le=50, description="Packets held to reorder before a gap is declared lost (x 20 ms of delay, only when reordering happens).")
-    rtp_recv_buffer_bytes: int = Field(8 << 20, ge=65536, description="Kernel receive buffer of the RTP socket (SO_RCVBUF).")
-    rtp_unknown_grace_s: float = Field(2.0, ge=0.0, le=30.0, description="Packets from a source no call has announced yet are held this long (RTP may beat CallStarted), then dropped.")
-    vad_min_speech_ms: float = Field(250.0, ge=0.0, description="Utterances with less speech than this are dropped as clicks.")
-    vad_stall_timeout_s: float = Field(1.0, gt=0.0, description="A call whose audio stops arriving has its pending utterance cut after this.")
+    rtp_reorder_window: int = Field(5, ge=0, le=50, description="Packets held to reorder before a gap is declared lost "
+                                                                "(x 20 ms of delay, only when reordering happens).")
+    rtp_recv_buffer_bytes: int = Field(8 << 20, ge=65536, description="Kernel receive buffer of the RTP socket "
+                                                                      "(SO_RCVBUF).")
+    rtp_unknown_grace_s: float = Field(2.0, ge=0.0, le=30.0, description="Packets from a source no call has announced "
+                                                                         "yet are held this long (RTP may beat "
+                                                                         "CallStarted), then dropped.")
+    vad_min_speech_ms: float = Field(250.0, ge=0.0, description="Utterances with less speech than this are dropped as "
+                                                                "clicks.")
+    vad_stall_timeout_s: float = Field(1.0, gt=0.0, description="A call whose audio stops arriving has its pending "
+                                                                "utterance cut after this.")
 
     # --- ASR ----------------------------------------------------------------------------------
-    asr_model_path: str = Field("", description="A CTranslate2 Whisper model directory; empty: Whisper base assembled from the PyPI packages.")
+    asr_model_path: str = Field("", description="A CTranslate2 Whisper model directory; empty: Whisper base assembled "
+                                                "from the PyPI packages.")
     asr_device: Literal["cpu", "cuda", "auto"] = "cpu"
-    asr_compute_type: str = Field("int8", description="CTranslate2 compute type (int8, int8_float16, float16, float32, default ...).")
-    asr_batch_size: int = Field(4, ge=1, le=256, description="Most utterances per generate call (on one CPU thread, 2-4 decode about 20 % cheaper per utterance than 1; 8 and more cost more).")
-    asr_max_wait_ms: float = Field(10.0, ge=0.0, le=10000.0, description="How long a batch waits for more utterances after its first.")
-    asr_window_s: float = Field(6.0, gt=0.0, le=30.0, description="The smallest encoder window in seconds (audio is padded to its bucket's window); longer utterances get a longer bucket.")
-    asr_window_step_s: float = Field(2.0, gt=0.0, le=30.0, description="Window buckets run from asr_window_s up to 30 s in these steps.")
-    asr_window_margin_s: float = Field(5.0, ge=0.0, le=25.0, description="Padding an utterance needs after it in its window: closer windows make Whisper loop (README).")
+    asr_compute_type: str = Field("int8", description="CTranslate2 compute type (int8, int8_float16, float16, float32, "
+                                                      "default ...).")
+    asr_batch_size: int = Field(4, ge=1, le=256, description="Most utterances per generate call (on one CPU thread, "
+                                                             "2-4 decode about 20 % cheaper per utterance than 1; 8 "
+                                                             "and more cost more).")
+    asr_max_wait_ms: float = Field(10.0, ge=0.0, le=10000.0, description="How long a batch waits for more utterances "
+                                                                         "after its first.")
+    asr_window_s: float = Field(6.0, gt=0.0, le=30.0, description="The smallest encoder window in seconds (audio is "
+                                                                  "padded to its bucket's window); longer utterances "
+                                                                  "get a longer bucket.")
+    asr_window_step_s: float = Field(2.0, gt=0.0, le=30.0, description="Window buckets run from asr_window_s up to 30 "
+                                                                       "s in these steps.")
+    asr_window_margin_s: float = Field(5.0, ge=0.0, le=25.0, description="Padding an utterance needs after it in its "
+                                                                         "window: closer windows make Whisper loop "
+                                                                         "(README).")
     asr_beam_size: int = Field(5, ge=1, le=16)
-    asr_workers: int = Field(2, ge=1, le=64, description="ASR worker processes, each with its own model (on a CPU: about one per core, with asr_intra_threads 1).")
+    asr_workers: int = Field(2, ge=1, le=64, description="ASR worker processes, each with its own model (on a CPU: "
+                                                         "about one per core, with asr_intra_threads 1).")
     asr_language: str = Field("fr", min_length=2, max_length=3)
-    asr_intra_threads: int = Field(1, ge=0, description="CTranslate2 threads per worker; 0: CTranslate2's default (all cores). One thread per worker decodes faster than two threads sharing a batch.")
+    asr_intra_threads: int = Field(1, ge=0, description="CTranslate2 threads per worker; 0: CTranslate2's default (all "
+                                                        "cores). One thread per worker decodes faster than two threads "
+                                                        "sharing a batch.")
     asr_inter_threads: int = Field(1, ge=1)
-    asr_endpoint: str = Field("", description="The ASR dispatcher's socket that workers connect to; empty: ipc:// in run_dir.")
-    asr_worker_timeout_s: float = Field(10.0, gt=0, description="A worker silent this long is presumed dead: its utterances go to another.")
+    asr_endpoint: str = Field("", description="The ASR dispatcher's socket that workers connect to; empty: ipc:// in "
+                                              "run_dir.")
+    asr_worker_timeout_s: float = Field(10.0, gt=0, description="A worker silent this long is presumed dead: its "
+                                                                "utterances go to another.")
 
     # --- ARI / Asterisk -----------------------------------------------------------------------
-    ari_url: str = Field("", description="Asterisk ARI base URL, e.g. http://127.0.0.1:8088/ari; empty: the embedded simulator.")
+    ari_url: str = Field("", description="Asterisk ARI base URL, e.g. http://127.0.0.1:8088/ari; empty: the embedded "
+                                         "simulator.")
     ari_user: str = "rtcore"
-    ari_password: SecretStr = Field(SecretStr("rtcore"), description="Never logged; keep it off the command line: RTCORE_ARI_PASSWORD, the config file, or ari_password_file.")
-    ari_password_file: str = Field("", description="A file whose first line is the ARI password (e.g. mode 600, or a systemd credential); instead of ari_password.")
+    ari_password: SecretStr = Field(SecretStr("rtcore"), description="Never logged; keep it off the command line: "
+                                                                     "RTCORE_ARI_PASSWORD, the config file, or "
+                                                                     "ari_password_file.")
+    ari_password_file: str = Field("", description="A file whose first line is the ARI password (e.g. mode 600, or a "
+                                                   "systemd credential); instead of ari_password.")
     ari_app: str = Field("rtcore", pattern=r"^[A-Za-z0-9_.-]+$")
     ari_timeout: float = Field(5.0, gt=0)
-    ari_wait: float = Field(0.0, ge=0.0, le=3600.0, description="Seconds `rtcore launch` keeps trying to reach an Asterisk that is not answering yet (still starting); a wrong URL or password stops it at once.")
-    sim_ari_port: int = Field(8088, ge=1, le=65535, description="Port of the embedded ARI simulator (when ari_url is empty).")
-    sim_calls: int = Field(4, ge=0, le=1000, description="Simulated calls kept in progress by the embedded PBX (launch --calls).")
-    sim_total_calls: int = Field(0, ge=0, description="Stop placing calls after this many (launch --total-calls); 0: no limit.")
-    sim_duration_s: float = Field(0.0, ge=0.0, description="Stop placing calls after this long (launch --duration); 0: no limit.")
+    ari_wait: float = Field(0.0, ge=0.0, le=3600.0, description="Seconds `rtcore launch` keeps trying to reach an "
+                                                                "Asterisk that is not answering yet (still starting); "
+                                                                "a wrong URL or password stops it at once.")
+    sim_ari_port: int = Field(8088, ge=1, le=65535, description="Port of the embedded ARI simulator (when ari_url is "
+                                                                "empty).")
+    sim_calls: int = Field(4, ge=0, le=1000, description="Simulated calls kept in progress by the embedded PBX (launch "
+                                                         "--calls).")
+    sim_total_calls: int = Field(0, ge=0, description="Stop placing calls after this many (launch --total-calls); 0: "
+                                                      "no limit.")
+    sim_duration_s: float = Field(0.0, ge=0.0, description="Stop placing calls after this long (launch --duration); 0: "
+                                                           "no limit.")
     sim_seed: int = Field(1, description="Seed of the simulated callers' choices (scenarios, numbers, pauses).")
-    sim_audio_dir: str = Field("", description="Real French speech for callers' unclear turns; empty: ../shared/audio/fr beside the checkout, if present.")
+    sim_audio_dir: str = Field("", description="Real French speech for callers' unclear turns; empty: "
+                                               "../shared/audio/fr beside the checkout, if present.")
 
     # --- dialog ------------------------------------------------------------------------------
     dialog_script: str = Field("", description="The conversation (YAML); empty: the shipped rtcore/dialog/script.yaml.")
-    dialog_setup_timeout_s: float = Field(5.0, gt=0.0, le=60.0, description="How long a call's snoop and externalMedia channels may take to enter the Stasis application (Asterisk adds them asynchronously) before its set-up fails.")
-    dialog_barge_in: bool = Field(True, description="The caller may interrupt the bot (SpeechStarted stops the prompt); false: ignored while the bot speaks, as the seed.")
-    prompts_dir: str = Field("", description="Rendered prompts, .sln16/.ulaw/.alaw (rtcore prompts build; the cache of prompts install); empty: <data_dir>/prompts.")
-    tts_command: str = Field("espeak-ng -v fr+f3 -s 150 --stdin -w {out}", description="Renders one prompt: French text on stdin, a WAV written to {out} (converted by sox to .sln16, .ulaw and .alaw).")
+    dialog_setup_timeout_s: float = Field(5.0, gt=0.0, le=60.0, description="How long a call's snoop and externalMedia "
+                                                                            "channels may take to enter the Stasis "
+                                                                            "application (Asterisk adds them "
+                                                                            "asynchronously) before its set-up fails.")
+    dialog_barge_in: bool = Field(True, description="The caller may interrupt the bot (SpeechStarted stops the "
+                                                    "prompt); false: ignored while the bot speaks, as the seed.")
+    prompts_dir: str = Field("", description="Rendered prompts, .sln16/.ulaw/.alaw (rtcore prompts build; the cache of "
+                                             "prompts install); empty: <data_dir>/prompts.")
+    tts_command: str = Field("espeak-ng -v fr+f3 -s 150 --stdin -w {out}", description="Renders one prompt: French "
+                                                                                       "text on stdin, a WAV written "
+                                                                                       "to {out} (converted by sox to "
+                                                                                       ".sln16, .ulaw and .alaw).")
 
     # --- Redis --------------------------------------------------------------------------------
-    redis_url: str = Field("", description="redis:// or unix:// URL; empty: a private redis-server started by `rtcore launch`.")
-    redis_call_ttl_s: float = Field(3600.0, ge=60.0, description="Per-call working keys (rtcore:call:<id>...) expire this long after the call's last change; leads never expire.")
+    redis_url: str = Field("", description="redis:// or unix:// URL; empty: a private redis-server started by `rtcore "
+                                           "launch`.")
+    redis_call_ttl_s: float = Field(3600.0, ge=60.0, description="Per-call working keys (rtcore:call:<id>...) expire "
+                                                                 "this long after the call's last change; leads never "
+                                                                 "expire.")
 
     # --- intents ------------------------------------------------------------------------------
-    intent_main_url: str = Field("", description="Seed-compatible intent API (main intents); empty: the embedded classifier.")
+    intent_main_url: str = Field("", description="Seed-compatible intent API (main intents); empty: the embedded "
+                                                 "classifier.")
     intent_faq_url: str = ""
     intent_timeout: float = Field(5.0, gt=0)
 
@@ -115,18 +171,25 @@ class Settings(BaseModel):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
     http_max_upload_mb: float = Field(25.0, gt=0, description="Largest request body the HTTP API accepts (413 above).")
-    http_max_audio_s: float = Field(60.0, gt=0, le=600, description="Longest audio the HTTP API transcribes (413 above); at most ring_seconds.")
-    http_request_timeout_s: float = Field(120.0, gt=0, description="How long an HTTP transcription may wait for its transcript (504 after).")
+    http_max_audio_s: float = Field(60.0, gt=0, le=600, description="Longest audio the HTTP API transcribes (413 "
+                                                                    "above); at most ring_seconds.")
+    http_request_timeout_s: float = Field(120.0, gt=0, description="How long an HTTP transcription may wait for its "
+                                                                   "transcript (504 after).")
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus endpoint of the supervisor; 0: off.")
-    bus_pub_endpoint: str = Field("", description="Where processes publish (ZeroMQ XSUB side); empty: ipc:// in run_dir.")
-    bus_sub_endpoint: str = Field("", description="Where processes subscribe (ZeroMQ XPUB side); empty: ipc:// in run_dir.")
+    bus_pub_endpoint: str = Field("", description="Where processes publish (ZeroMQ XSUB side); empty: ipc:// in "
+                                                  "run_dir.")
+    bus_sub_endpoint: str = Field("", description="Where processes subscribe (ZeroMQ XPUB side); empty: ipc:// in "
+                                                  "run_dir.")
     control_endpoint: str = Field("", description="Children's heartbeats to the supervisor; empty: ipc:// in run_dir.")
 
     # --- supervision --------------------------------------------------------------------------
     heartbeat_interval_s: float = Field(1.0, gt=0)
-    heartbeat_timeout_s: float = Field(5.0, gt=0, description="No heartbeat for this long: the process is reported unresponsive.")
-    unresponsive_kill_s: float = Field(15.0, gt=0, description="No heartbeat for this long: its stacks are dumped, it is killed and restarted.")
-    start_timeout_s: float = Field(120.0, gt=0, description="A child must report ready within this (model loading included).")
+    heartbeat_timeout_s: float = Field(5.0, gt=0, description="No heartbeat for this long: the process is reported "
+                                                              "unresponsive.")
+    unresponsive_kill_s: float = Field(15.0, gt=0, description="No heartbeat for this long: its stacks are dumped, it "
+                                                               "is killed and restarted.")
+    start_timeout_s: float = Field(120.0, gt=0, description="A child must report ready within this (model loading "
+                                                            "included).")
     stop_timeout_s: float = Field(5.0, gt=0, description="After SIGTERM, how long a child may take before SIGKILL.")
     restart_backoff_max_s: float = Field(30.0, gt=0)
 
@@ -200,7 +263,7 @@ class Settings(BaseModel):
         return json.dumps(data)
 
     @classmethod
-    def from_child_json(cls, text: str) -> "Settings":
+    def from_child_json(cls, text: str) -> Settings:
         return cls.model_validate_json(text)
 
     def redacted(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ Times are `time.time()` seconds (wall clock, comparable across processes); durat
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import msgspec
 
@@ -19,7 +19,7 @@ class Message(msgspec.Struct, tag=True, array_like=True, frozen=True, forbid_unk
 
 
 # --- call lifecycle (dialog/ARI control -> capture, VAD, ASR, supervisor) ---------------------
-class CallStarted(Message):
+class CallStarted(Message, frozen=True):
     """Dialog/ARI control -> all: a call has a ring slot; RTP from `rtp_source` goes into it."""
 
     call_id: str
@@ -30,7 +30,7 @@ class CallStarted(Message):
     started_at: float = 0.0
 
 
-class CallEnded(Message):
+class CallEnded(Message, frozen=True):
     """Dialog/ARI control -> all: the call is over; readers finish up and forget the slot."""
 
     call_id: str
@@ -40,7 +40,7 @@ class CallEnded(Message):
     ended_at: float = 0.0
 
 
-class ListenMode(Message):
+class ListenMode(Message, frozen=True):
     """Dialog -> VAD: "ignore" while the bot speaks on a call whose policy is to ignore the caller
     meanwhile (the seed's behaviour); "listen" otherwise. A call with the barge-in policy stays in
     "listen" while the bot speaks, and the dialog stops the prompt on SpeechStarted."""
@@ -50,7 +50,7 @@ class ListenMode(Message):
 
 
 # --- audio path (VAD -> ASR, dialog) ---------------------------------------------------------
-class SpeechStarted(Message):
+class SpeechStarted(Message, frozen=True):
     """VAD -> dialog: the caller started speaking (used for barge-in)."""
 
     call_id: str
@@ -60,7 +60,7 @@ class SpeechStarted(Message):
     at: float
 
 
-class UtteranceReady(Message):
+class UtteranceReady(Message, frozen=True):
     """VAD -> ASR workers: an utterance is complete in the ring, samples [start_sample, end_sample)."""
 
     utterance_id: str
@@ -73,7 +73,7 @@ class UtteranceReady(Message):
     language: str = ""  # empty: the ASR default (asr_language); the HTTP API may ask for another
 
 
-class Transcript(Message):
+class Transcript(Message, frozen=True):
     """ASR worker -> dialog: the text of one utterance (exactly one per utterance id)."""
 
     utterance_id: str
@@ -93,7 +93,7 @@ class Transcript(Message):
     window_s: float = 0.0  # the encoder window its batch was padded to
 
 
-class AsrCredit(Message):
+class AsrCredit(Message, frozen=True):
     """ASR worker -> ASR dispatcher (its own channel, not the bus): "I can hold `capacity`
     utterances at once" (the dispatcher sends capacity minus what it has in flight there). Sent
     after each batch and every second as a keep-alive; a worker silent for long, or back under a
@@ -104,7 +104,7 @@ class AsrCredit(Message):
     capacity: int
 
 
-class TurnTaken(Message):
+class TurnTaken(Message, frozen=True):
     """Dialog -> observers (launch report, load bench): the bot answered a caller's utterance."""
 
     call_id: str
@@ -115,7 +115,7 @@ class TurnTaken(Message):
 
 
 # --- playback (dialog -> ARI control) --------------------------------------------------------
-class Play(Message):
+class Play(Message, frozen=True):
     """Dialog -> ARI control: play a prompt to the caller."""
 
     call_id: str
@@ -123,7 +123,7 @@ class Play(Message):
     media: str  # ARI media URI, e.g. "sound:rtcore/ask_zip_code"
 
 
-class StopPlayback(Message):
+class StopPlayback(Message, frozen=True):
     """Dialog -> ARI control: stop a playback (barge-in)."""
 
     call_id: str
@@ -131,14 +131,14 @@ class StopPlayback(Message):
 
 
 # --- supervision (children -> supervisor, on the control channel) ----------------------------
-class ProcessReady(Message):
+class ProcessReady(Message, frozen=True):
     """Child -> supervisor: initialisation done (models loaded, sockets connected)."""
 
     process: str
     pid: int
 
 
-class ProcessFailed(Message):
+class ProcessFailed(Message, frozen=True):
     """Child -> supervisor: initialisation failed; `error` says why. The child then exits."""
 
     process: str
@@ -146,7 +146,7 @@ class ProcessFailed(Message):
     error: str
 
 
-class Heartbeat(Message):
+class Heartbeat(Message, frozen=True):
     """Child -> supervisor, every heartbeat interval, from the child's own work loop."""
 
     process: str
@@ -155,18 +155,19 @@ class Heartbeat(Message):
     sent_at: float
 
 
-class Metrics(Message):
+class Metrics(Message, frozen=True):
     """Child -> supervisor: counters and gauges, exported on the supervisor's Prometheus endpoint."""
 
     process: str
     values: dict[str, float]
 
 
-AnyMessage = Union[
+MESSAGE_TYPES: tuple[type[Message], ...] = (
     CallStarted, CallEnded, ListenMode, SpeechStarted, UtteranceReady, Transcript,
     AsrCredit, TurnTaken, Play, StopPlayback, ProcessReady, ProcessFailed, Heartbeat, Metrics,
-]
-MESSAGE_TYPES: tuple[type[Message], ...] = AnyMessage.__args__  # type: ignore[attr-defined]
+)
+AnyMessage = (CallStarted | CallEnded | ListenMode | SpeechStarted | UtteranceReady | Transcript | AsrCredit
+              | TurnTaken | Play | StopPlayback | ProcessReady | ProcessFailed | Heartbeat | Metrics)
 
 
 class MessageError(ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -25,7 +25,9 @@ class SupervisorCollector(Collector):
         up = GaugeMetricFamily("rtcore_process_up", "1 if the process is running and ready", labels=["process"])
         restarts = CounterMetricFamily("rtcore_process_restarts", "Restarts since launch", labels=["process"])
         age = GaugeMetricFamily("rtcore_heartbeat_age_seconds", "Seconds since the last heartbeat", labels=["process"])
-        values = GaugeMetricFamily("rtcore_process_metric", "Values reported by the process", labels=["process", "name"])
+        values = GaugeMetricFamily(
+            "rtcore_process_metric", "Values reported by the process", labels=["process", "name"]
+        )
         now = time.monotonic()
         for name, child in list(self._sup.children.items()):
             up.add_metric([name], 1.0 if child.proc is not None and child.ready else 0.0)

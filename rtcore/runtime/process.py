@@ -18,8 +18,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from rtcore.runtime.bus import ControlSender
 from rtcore.runtime.config import Settings
@@ -48,7 +49,7 @@ class LaunchInfo:
         })
 
     @classmethod
-    def from_json(cls, text: str) -> "LaunchInfo":
+    def from_json(cls, text: str) -> LaunchInfo:
         data = json.loads(text)
         return cls(process=data["process"], settings=Settings.model_validate(data["settings"]),
                    rings=RingSpec(**data["rings"]))

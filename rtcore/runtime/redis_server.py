@@ -47,7 +47,7 @@ class PrivateRedis:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
-    def start(self, timeout_s: float = 10.0) -> "PrivateRedis":
+    def start(self, timeout_s: float = 10.0) -> PrivateRedis:
         exe = require_redis_server(self.executable)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +93,7 @@ class PrivateRedis:
             self._proc.wait()
         self.socket_path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "PrivateRedis":
+    def __enter__(self) -> PrivateRedis:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -20,15 +20,15 @@ the ASR when its caller hangs up is transcribed, not lost. Only the writer needs
 
 from __future__ import annotations
 
+import _posixshmem
+import enum
 import fcntl
 import logging
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-import enum
 from dataclasses import dataclass
-import _posixshmem
 from multiprocessing import resource_tracker, shared_memory
-from typing import Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -123,7 +123,7 @@ class AudioRings:
 
     # --- lifetime -----------------------------------------------------------------------------
     @classmethod
-    def create(cls, spec: RingSpec) -> "AudioRings":
+    def create(cls, spec: RingSpec) -> AudioRings:
         if spec.n_slots < 1 or spec.capacity < 1:
             raise ValueError(f"ring spec needs at least one slot and one sample: {spec}")
         shm = shared_memory.SharedMemory(name=spec.name, create=True, size=spec.total_bytes)
@@ -133,7 +133,7 @@ class AudioRings:
         return rings
 
     @classmethod
-    def attach(cls, spec: RingSpec) -> "AudioRings":
+    def attach(cls, spec: RingSpec) -> AudioRings:
         try:
             shm = shared_memory.SharedMemory(name=spec.name, create=False)
         except FileNotFoundError:
@@ -158,7 +158,7 @@ class AudioRings:
         except FileNotFoundError:
             pass
 
-    def __enter__(self) -> "AudioRings":
+    def __enter__(self) -> AudioRings:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -231,7 +231,7 @@ class AudioRings:
         if first < n:
             ring[:n - first] = data[first:]
         row[_CURSOR] = end
-        return end
+        return int(end)
 
     def write_silence(self, lease: SlotLease, n: int) -> int:
         """Append n zero samples (lost packets): the timeline stays aligned with real time."""

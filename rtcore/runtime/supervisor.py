@@ -18,9 +18,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 import zmq
 
@@ -163,7 +164,9 @@ class Supervisor:
         while not child.ready:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise SupervisorError(f"{child.spec.name} did not report ready within {self.settings.start_timeout_s:.0f} s")
+                raise SupervisorError(
+                    f"{child.spec.name} did not report ready within {self.settings.start_timeout_s:.0f} s"
+                )
             failure = self._handle_control(min(remaining, 0.2))
             if failure and failure.process == child.spec.name:
                 raise SupervisorError(f"{child.spec.name} failed to start: {failure.error}")
@@ -172,7 +175,9 @@ class Supervisor:
                 # It may have sent ProcessFailed just before exiting: read what is queued first.
                 failure = self._handle_control(0)
                 detail = f": {failure.error}" if failure else ""
-                raise SupervisorError(f"{child.spec.name} exited with code {child.proc.returncode} before ready{detail}")
+                raise SupervisorError(
+                    f"{child.spec.name} exited with code {child.proc.returncode} before ready{detail}"
+                )
 
     # --- run ----------------------------------------------------------------------------------
     def poll(self, timeout_s: float = 0.1) -> None:
@@ -190,14 +195,23 @@ class Supervisor:
                 continue
             code = proc.poll()
             if code is not None:
-                log.error("%s (pid %d) exited with code %s%s", child.spec.name, child.pid, code,
-                          " during start-up" if code == EXIT_INIT_FAILED else "")
+                log.error(
+                    "%s (pid %d) exited with code %s%s",
+                    child.spec.name,
+                    child.pid,
+                    code,
+                    " during start-up" if code == EXIT_INIT_FAILED else "",
+                )
                 self._schedule_restart(child, now)
                 continue
             silent = now - child.last_beat
             if child.ready and silent > s.unresponsive_kill_s:
-                log.error("%s (pid %d) unresponsive for %.1f s: dumping its stacks and killing it",
-                          child.spec.name, child.pid, silent)
+                log.error(
+                    "%s (pid %d) unresponsive for %.1f s: dumping its stacks and killing it",
+                    child.spec.name,
+                    child.pid,
+                    silent,
+                )
                 self._dump_and_kill(child)
                 self._schedule_restart(child, now)
             elif not child.ready and silent > s.start_timeout_s:

@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from rtcore.runtime.audio import pcm16_to_float
-from rtcore.runtime.messages import (AnyMessage, CallEnded, CallStarted, ListenMode, Message, SpeechStarted,
-                             UtteranceReady)
+from rtcore.runtime.messages import (
+    AnyMessage,
+    CallEnded,
+    CallStarted,
+    ListenMode,
+    Message,
+    SpeechStarted,
+    UtteranceReady,
+)
 from rtcore.runtime.ring import AudioRings, OverrunError, SlotLease, StaleSlotError
 from rtcore.vad.segmenter import Segmenter, SegmenterOptions, SpeechStart, Utterance
 from rtcore.vad.silero import CHUNK, BatchedVad
@@ -159,7 +166,7 @@ class UtteranceDetector:
         self.stats.inferences += 1
         self.stats.chunks += len(batch)
         self.stats.max_batch = max(self.stats.max_batch, len(batch))
-        for call, prob in zip(batch, probs.tolist()):
+        for call, prob in zip(batch, probs.tolist(), strict=True):
             start = call.next_sample
             call.next_sample = start + CHUNK
             # While ignoring, the model still runs so the call's LSTM state stays continuous.

@@ -37,7 +37,7 @@ class SegmenterOptions:
     min_speech_samples: int = 4000  # 250 ms
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "SegmenterOptions":
+    def from_settings(cls, settings: Settings) -> SegmenterOptions:
         return cls(threshold=settings.vad_threshold, silence_chunks=settings.silence_threshold,
                    context_chunks=settings.silence_chunks_context, max_samples=settings.max_buffer_size,
                    min_speech_samples=int(settings.vad_min_speech_ms * settings.sample_rate / 1000))
@@ -129,8 +129,8 @@ class Segmenter:
             self.dropped += 1
 
 
-def segment_streams(streams: list["npt.NDArray[np.float32]"], options: SegmenterOptions,
-                    vad: "BatchedVad") -> list[list[Utterance]]:
+def segment_streams(streams: list[npt.NDArray[np.float32]], options: SegmenterOptions,
+                    vad: BatchedVad) -> list[list[Utterance]]:
     """Offline: cut whole 16 kHz float32 signals, all streams in one batched inference per step
     (the same VAD and segmenter as the live path). Returns each stream's utterances."""
     keys = [("offline", i) for i in range(len(streams))]
@@ -144,7 +144,7 @@ def segment_streams(streams: list["npt.NDArray[np.float32]"], options: Segmenter
             active = [i for i, n in enumerate(n_chunks) if step < n]
             chunks = np.stack([streams[i][step * CHUNK:(step + 1) * CHUNK] for i in active])
             probs = vad.step([keys[i] for i in active], chunks)
-            for i, p in zip(active, probs):
+            for i, p in zip(active, probs, strict=True):
                 for event in segmenters[i].feed(step * CHUNK, float(p)):
                     if isinstance(event, Utterance):
                         results[i].append(event)

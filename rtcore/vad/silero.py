@@ -10,8 +10,8 @@ model once, and scatters the new state back. Streams join and leave between step
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Hashable
 
 import numpy as np
 import numpy.typing as npt

@@ -14,7 +14,8 @@ import asyncio
 import base64
 import json
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 
@@ -63,7 +64,7 @@ class AriClient:
         self.connected = asyncio.Event()
         self.reconnects = 0
 
-    async def __aenter__(self) -> "AriClient":
+    async def __aenter__(self) -> AriClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -97,7 +98,7 @@ class AriClient:
                         message = text
                     raise AriError(method, path, resp.status, message)
                 return json.loads(text) if text else None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AriError(method, path, 0, f"timed out after {self.timeout_s:.1f} s") from None
         except aiohttp.ClientError as exc:
             raise AriError(method, path, 0, str(exc) or type(exc).__name__) from None
@@ -192,7 +193,7 @@ class AriClient:
                     log.error("ARI events WebSocket not found (404) at %s: the ARI base URL ends in /ari", ws_url)
                 else:
                     log.error("ARI events WebSocket refused: %s", exc)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.warning("ARI events WebSocket unavailable: %s", exc or type(exc).__name__)
             finally:
                 self._ws = None
@@ -201,7 +202,7 @@ class AriClient:
                 break
             try:
                 await asyncio.wait_for(self._closing.wait(), timeout=backoff)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             backoff = min(backoff * 2, self.backoff_max_s)
 

@@ -53,7 +53,7 @@ async def asterisk_info(url: str, user: str, password: str, timeout_s: float, wa
                                        timeout=aiohttp.ClientTimeout(total=min(timeout_s, 5.0))) as response:
                     body = await response.text()
                     status = response.status
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
             if time.monotonic() + RETRY_EVERY_S <= deadline:
                 log.info("Asterisk's ARI at %s does not answer yet (%s): waiting", url, _describe(exc))
                 await asyncio.sleep(RETRY_EVERY_S)

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rtcore.dialog.ari.formats import format_for_extension
 from rtcore.sim.ari.pbx import SimulatedPbx
 from rtcore.sim.ari.rest import Reply, handles, ok
-from rtcore.sim.ari.sounds import DEFAULT_LANGUAGE, format_for_extension
+from rtcore.sim.ari.sounds import DEFAULT_LANGUAGE
 from rtcore.sim.ari.swagger import Arguments, AriError
 
 log = logging.getLogger(__name__)

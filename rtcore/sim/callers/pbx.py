@@ -304,5 +304,5 @@ def load_human_clips(audio_dir: Path, max_clips: int = 40) -> list[npt.NDArray[n
         return []
     audios = [load_audio(f) for f in files]
     spans = segment_streams(audios, SegmenterOptions(), BatchedVad(SileroVad()))
-    clips = [float_to_pcm16(a[u.start:u.end]) for a, us in zip(audios, spans) for u in us]
+    clips = [float_to_pcm16(a[u.start:u.end]) for a, us in zip(audios, spans, strict=True) for u in us]
     return clips[:max_clips]

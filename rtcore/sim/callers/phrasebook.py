@@ -15,9 +15,10 @@ import logging
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -48,43 +49,106 @@ class Answer:
 
 ANSWERS: tuple[Answer, ...] = (
     Answer("yes_time", "init", "ok_eligibility", ("Oui, allez-y.", "Oui, j'ai le temps.", "D'accord, je vous écoute.")),
-    Answer("not_interested", "init", "not_interested",
-           ("Non merci, ça ne m'intéresse pas.", "Non, je ne suis pas intéressé.", "Ça ne m'intéresse pas du tout.")),
-    Answer("busy", "init", "busy", ("Je n'ai pas le temps, là.", "Je suis occupé, rappelez plus tard.",
-                                    "Je n'ai pas le temps maintenant.")),
-    Answer("zip_75011", "ask_zip_code", "ok_zipcode",
-           ("Soixante-quinze zéro onze.", "C'est le 75011.", "Mon code postal, c'est le soixante-quinze mille onze."),
-           (("zip_code", "75011"),)),
-    Answer("zip_69003", "ask_zip_code", "ok_zipcode", ("Soixante-neuf zéro zéro trois.", "69003."),
-           (("zip_code", "69003"),)),
-    Answer("zip_why", "ask_zip_code", "zipcode_why",
-           ("Pourquoi vous avez besoin de mon code postal ?", "Pourquoi voulez-vous mon code postal ?")),
-    Answer("owner_yes", "ask_owner_house", "ok_proprio",
-           ("Oui, je suis propriétaire.", "Oui, c'est ma maison.", "Je suis propriétaire de ma maison.")),
+    Answer(
+        "not_interested",
+        "init",
+        "not_interested",
+        ("Non merci, ça ne m'intéresse pas.", "Non, je ne suis pas intéressé.", "Ça ne m'intéresse pas du tout."),
+    ),
+    Answer(
+        "busy",
+        "init",
+        "busy",
+        ("Je n'ai pas le temps, là.", "Je suis occupé, rappelez plus tard.", "Je n'ai pas le temps maintenant."),
+    ),
+    Answer(
+        "zip_75011",
+        "ask_zip_code",
+        "ok_zipcode",
+        ("Soixante-quinze zéro onze.", "C'est le 75011.", "Mon code postal, c'est le soixante-quinze mille onze."),
+        (("zip_code", "75011"),),
+    ),
+    Answer(
+        "zip_69003",
+        "ask_zip_code",
+        "ok_zipcode",
+        ("Soixante-neuf zéro zéro trois.", "69003."),
+        (("zip_code", "69003"),),
+    ),
+    Answer(
+        "zip_why",
+        "ask_zip_code",
+        "zipcode_why",
+        ("Pourquoi vous avez besoin de mon code postal ?", "Pourquoi voulez-vous mon code postal ?"),
+    ),
+    Answer(
+        "owner_yes",
+        "ask_owner_house",
+        "ok_proprio",
+        ("Oui, je suis propriétaire.", "Oui, c'est ma maison.", "Je suis propriétaire de ma maison."),
+    ),
     Answer("tenant", "ask_owner_house", "not_proprio", ("Non, je suis locataire.", "Je suis locataire.")),
-    Answer("heating_gas", "ask_which_heating", "ok_heating",
-           ("Au gaz.", "Je me chauffe au gaz naturel.", "On a une chaudière à gaz.", "C'est le gaz."),
-           (("heating", "gaz"),)),
-    Answer("heating_fuel", "ask_which_heating", "ok_heating",
-           ("Au fioul.", "C'est une chaudière au fioul.", "Je me chauffe au fioul domestique."), (("heating", "fioul"),)),
-    Answer("heating_electric", "ask_which_heating", "ok_heating",
-           ("À l'électricité.", "Des radiateurs électriques.", "C'est un chauffage électrique."),
-           (("heating", "électricité"),)),
-    Answer("heating_wood", "ask_which_heating", "ok_heating",
-           ("Au bois.", "Avec un poêle à bois.", "Je me chauffe au bois."), (("heating", "bois"),)),
-    Answer("callback_yes", "ask_be_called_back", "ok_callback",
-           ("Oui, d'accord.", "Oui, vous pouvez me rappeler.", "Oui, pas de problème.")),
-    Answer("callback_no", "ask_be_called_back", "no_callback",
-           ("Non, je ne veux pas être rappelé.", "Non merci, ne me rappelez pas.")),
-    Answer("slot_tuesday_morning", "ask_slot_call_back", "ok_slot",
-           ("Mardi matin.", "Plutôt mardi dans la matinée.", "Mardi matin, ce serait bien."),
-           (("slot", PRESENT),)),
-    Answer("slot_friday_afternoon", "ask_slot_call_back", "ok_slot",
-           ("Vendredi après-midi.", "Le vendredi après-midi.", "Vendredi après-midi, ça me va."),
-           (("slot", PRESENT),)),
-    Answer("slot_monday_evening", "ask_slot_call_back", "ok_slot",
-           ("Lundi soir.", "Le lundi en fin de journée, vers dix-huit heures."),
-           (("slot", PRESENT),)),
+    Answer(
+        "heating_gas",
+        "ask_which_heating",
+        "ok_heating",
+        ("Au gaz.", "Je me chauffe au gaz naturel.", "On a une chaudière à gaz.", "C'est le gaz."),
+        (("heating", "gaz"),),
+    ),
+    Answer(
+        "heating_fuel",
+        "ask_which_heating",
+        "ok_heating",
+        ("Au fioul.", "C'est une chaudière au fioul.", "Je me chauffe au fioul domestique."),
+        (("heating", "fioul"),),
+    ),
+    Answer(
+        "heating_electric",
+        "ask_which_heating",
+        "ok_heating",
+        ("À l'électricité.", "Des radiateurs électriques.", "C'est un chauffage électrique."),
+        (("heating", "électricité"),),
+    ),
+    Answer(
+        "heating_wood",
+        "ask_which_heating",
+        "ok_heating",
+        ("Au bois.", "Avec un poêle à bois.", "Je me chauffe au bois."),
+        (("heating", "bois"),),
+    ),
+    Answer(
+        "callback_yes",
+        "ask_be_called_back",
+        "ok_callback",
+        ("Oui, d'accord.", "Oui, vous pouvez me rappeler.", "Oui, pas de problème."),
+    ),
+    Answer(
+        "callback_no",
+        "ask_be_called_back",
+        "no_callback",
+        ("Non, je ne veux pas être rappelé.", "Non merci, ne me rappelez pas."),
+    ),
+    Answer(
+        "slot_tuesday_morning",
+        "ask_slot_call_back",
+        "ok_slot",
+        ("Mardi matin.", "Plutôt mardi dans la matinée.", "Mardi matin, ce serait bien."),
+        (("slot", PRESENT),),
+    ),
+    Answer(
+        "slot_friday_afternoon",
+        "ask_slot_call_back",
+        "ok_slot",
+        ("Vendredi après-midi.", "Le vendredi après-midi.", "Vendredi après-midi, ça me va."),
+        (("slot", PRESENT),),
+    ),
+    Answer(
+        "slot_monday_evening",
+        "ask_slot_call_back",
+        "ok_slot",
+        ("Lundi soir.", "Le lundi en fin de journée, vers dix-huit heures."),
+        (("slot", PRESENT),),
+    ),
     Answer("faq_free", "ask_owner_house", "faq3", ("C'est gratuit ?", "Combien ça coûte ?", "C'est payant ?")),
     Answer("faq_robot", "ask_which_heating", "faq5", ("Je parle à un robot ?", "Vous êtes un robot ?")),
     Answer("faq_who", "ask_zip_code", "faq1", ("Vous êtes qui ?", "C'est quelle société ?")),
@@ -111,18 +175,27 @@ def synthesize(text: str, voice: str, speed: int, out: Path) -> None:
         raise RuntimeError("simulated callers need espeak-ng and sox (apt-get install espeak-ng sox)")
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text], check=True,
-                       capture_output=True, timeout=60)
-        subprocess.run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out)], check=True,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        subprocess.run(
+            ["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
 
 
 Recognizer = Callable[[list[npt.NDArray[np.float32]]], list[str]]  # audio -> transcripts
 Classifier = Callable[[str, str], tuple[str, dict[str, Any]]]  # (text, state) -> (intent, slots)
 
 
-def build_phrasebook(cache_dir: Path, recognize: Recognizer, classify: Classifier,
-                     answers: tuple[Answer, ...] = ANSWERS) -> dict[str, list[Clip]]:
+def build_phrasebook(
+    cache_dir: Path, recognize: Recognizer, classify: Classifier, answers: tuple[Answer, ...] = ANSWERS
+) -> dict[str, list[Clip]]:
     """Synthesize every phrasing x voice, keep what the ASR + classifier understand as intended.
 
     The manifest remembers verdicts by content (text, voice, speed and the answer's expectation),
@@ -135,8 +208,12 @@ def build_phrasebook(cache_dir: Path, recognize: Recognizer, classify: Classifie
     for answer in answers:
         for text in answer.phrases:
             for voice, speed in VOICES:
-                key = hashlib.sha256(json.dumps([CALIBRATION, text, voice, speed, answer.intent, answer.state,
-                                                 [list(s) for s in answer.slots]], default=str).encode()).hexdigest()[:16]
+                key = hashlib.sha256(
+                    json.dumps(
+                        [CALIBRATION, text, voice, speed, answer.intent, answer.state, [list(s) for s in answer.slots]],
+                        default=str,
+                    ).encode()
+                ).hexdigest()[:16]
                 path = cache_dir / f"{answer.key}-{key}.wav"
                 current.add(key)
                 if key not in manifest or not path.exists():
@@ -145,11 +222,18 @@ def build_phrasebook(cache_dir: Path, recognize: Recognizer, classify: Classifie
     if todo:
         audios = [soundfile.read(str(t[5]), dtype="float32")[0] for t in todo]
         texts = recognize(audios)
-        for (key, answer, text, voice, speed, path), heard in zip(todo, texts):
+        for (key, answer, text, voice, speed, _path), heard in zip(todo, texts, strict=True):
             intent, slots = classify(heard, answer.state)
             ok = intent == answer.intent and all(_slot_matches(slots.get(name), value) for name, value in answer.slots)
-            manifest[key] = {"answer": answer.key, "text": text, "voice": voice, "speed": speed, "heard": heard,
-                             "intent": intent, "kept": ok}
+            manifest[key] = {
+                "answer": answer.key,
+                "text": text,
+                "voice": voice,
+                "speed": speed,
+                "heard": heard,
+                "intent": intent,
+                "kept": ok,
+            }
     # Verdicts of phrasings or judging rules no longer in use go, with their audio.
     for key in set(manifest) - current:
         (cache_dir / f"{manifest.pop(key)['answer']}-{key}.wav").unlink(missing_ok=True)
@@ -160,10 +244,13 @@ def build_phrasebook(cache_dir: Path, recognize: Recognizer, classify: Classifie
             path = cache_dir / f"{entry['answer']}-{key}.wav"
             if path.exists():
                 book[entry["answer"]].append(Clip(entry["answer"], entry["text"], entry["voice"], entry["speed"], path))
-    for answer, clips in book.items():
+    for answer_key, clips in book.items():
         if not clips:
-            log.warning("phrasebook: no variant of %r was understood as %s; callers will not use it",
-                        answer, ANSWERS_BY_KEY[answer].intent if answer in ANSWERS_BY_KEY else "?")
+            log.warning(
+                "phrasebook: no variant of %r was understood as %s; callers will not use it",
+                answer_key,
+                ANSWERS_BY_KEY[answer_key].intent if answer_key in ANSWERS_BY_KEY else "?",
+            )
     return book
 
 

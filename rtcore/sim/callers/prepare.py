@@ -17,14 +17,14 @@ log = logging.getLogger(__name__)
 
 
 def prepare_simulation(settings: Settings) -> dict[str, int]:
-    from rtcore.asr.worker import transcribe_offline
     from rtcore.asr.batcher import BatchPolicy
-    from rtcore.sim.callers.phrasebook import build_phrasebook
+    from rtcore.asr.whisper import WhisperEngine, WhisperOptions
+    from rtcore.asr.worker import transcribe_offline
+    from rtcore.dialog.prompts import install_prompts
     from rtcore.dialog.script import load_script
     from rtcore.intents import default_classifier
     from rtcore.runtime.models import whisper_model_dir
-    from rtcore.dialog.prompts import install_prompts
-    from rtcore.asr.whisper import WhisperEngine, WhisperOptions
+    from rtcore.sim.callers.phrasebook import build_phrasebook
 
     installed = install_prompts(load_script(settings.dialog_script or None), settings.sim_sounds_path,
                                 settings.prompts_path, settings.tts_command)

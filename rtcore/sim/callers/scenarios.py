@@ -24,7 +24,7 @@ class Scenario:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-_HAPPY = {
+_HAPPY: dict[str, tuple[str, ...]] = {
     "init": ("say:yes_time",), "init_again": ("say:yes_time",),
     "ask_zip_code": ("say:zip_75011",), "ask_zip_code_again": ("dtmf:75011",),
     "ask_owner_house": ("say:owner_yes",), "ask_owner_house_again": ("say:owner_yes",),
@@ -47,8 +47,12 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("tenant", _with(ask_owner_house=("say:tenant",)), "not_eligible", weight=1),
     Scenario("refusal", _with(init=("say:not_interested",), init_again=("say:not_interested",)), "refused", weight=1),
     Scenario("busy", _with(init=("say:busy",), init_again=("say:busy",)), "refused", weight=0.5),
-    Scenario("no_callback", _with(ask_be_called_back=("say:callback_no",), ask_be_called_back_again=("say:callback_no",)),
-             "refused", weight=0.5),
+    Scenario(
+        "no_callback",
+        _with(ask_be_called_back=("say:callback_no",), ask_be_called_back_again=("say:callback_no",)),
+        "refused",
+        weight=0.5,
+    ),
     Scenario("silent", {}, "abandoned", weight=0.3),
 )
 

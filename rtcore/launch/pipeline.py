@@ -1,0 +1,35 @@
+"""Which processes `rtcore launch` and `rtcore serve` start, in start order (stopped in reverse).
+
+Each is `python -m procs.<name>` (procs/: one thin module per process); named here by module path
+only, so the library never imports the process wiring.
+"""
+
+from __future__ import annotations
+
+from rtcore.runtime.config import Settings
+from rtcore.runtime.supervisor import ProcessSpec
+
+
+def asr_service(settings: Settings) -> list[ProcessSpec]:
+    """The ASR dispatcher and its workers: what `rtcore serve` runs (with the HTTP API)."""
+    workers = [ProcessSpec(f"asr-{i}", "procs.asr_worker") for i in range(settings.asr_workers)]
+    return [ProcessSpec("asr_dispatch", "procs.asr_dispatch"), *workers]
+
+
+def http_service(settings: Settings) -> list[ProcessSpec]:
+    """What `rtcore serve` runs: the ASR service and the HTTP API in front of it."""
+    return [*asr_service(settings), ProcessSpec("http_api", "procs.http_api")]
+
+
+def pipeline(settings: Settings) -> list[ProcessSpec]:
+    """The children of `rtcore launch`, in start order (stopped in reverse): consumers first, so
+    that nothing is produced before its reader is up."""
+    pbx = [] if settings.ari_url else [ProcessSpec("pbx_sim", "procs.pbx_sim")]  # the embedded PBX
+    return [
+        *asr_service(settings),
+        ProcessSpec("http_api", "procs.http_api"),
+        ProcessSpec("vad", "procs.vad"),
+        ProcessSpec("rtp_capture", "procs.rtp_capture"),
+        *pbx,
+        ProcessSpec("dialog", "procs.dialog"),
+    ]
