@@ -17,7 +17,7 @@ from rtcore.dialog.leads import LeadStore
 from rtcore.dialog.script import load_script
 from rtcore.intents import intent_source
 from rtcore.runtime.bus import Publisher, Subscriber
-from rtcore.runtime.messages import SpeechStarted, Transcript
+from rtcore.runtime.messages import SpeechStarted, Transcript, UtteranceReady
 from rtcore.runtime.process import ProcessContext, run_process
 from rtcore.runtime.ring import AudioRings
 
@@ -37,10 +37,11 @@ async def serve(ctx: ProcessContext) -> None:
     store = LeadStore(s.redis_url, s.data_path / "lead-spool.jsonl", call_ttl_s=s.redis_call_ttl_s)
     store.start()
     publisher = Publisher(s.endpoint("bus_pub"))
-    subscriber = Subscriber(s.endpoint("bus_sub"), [Transcript, SpeechStarted])
+    subscriber = Subscriber(s.endpoint("bus_sub"), [Transcript, SpeechStarted, UtteranceReady])
     ari = AriClient(s.ari_base_url, s.ari_user, s.ari_password.get_secret_value(), s.ari_app, s.ari_timeout)
     controller = CallController(ari, script, intents, rings, store, publisher.publish, s.rtp_ip, s.rtp_port,
-                                barge_in=s.dialog_barge_in, setup_timeout_s=s.dialog_setup_timeout_s)
+                                barge_in=s.dialog_barge_in, setup_timeout_s=s.dialog_setup_timeout_s,
+                                turn_join_s=s.dialog_turn_join_s)
 
     def drain_bus() -> None:
         # Edge-triggered ZeroMQ FD: read everything queued at each wake-up.

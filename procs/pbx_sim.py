@@ -14,6 +14,7 @@ from rtcore.runtime.process import ProcessContext, run_process
 from rtcore.sim.ari import AriSimulator
 from rtcore.sim.callers.pbx import CallerMedia, CallerPbx, load_human_clips
 from rtcore.sim.callers.phrasebook import load_phrasebook
+from rtcore.sim.callers.prepare import SIM_CALLS_FILE, CallExpectations, calibration
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 1.0
@@ -37,8 +38,12 @@ async def serve(ctx: ProcessContext) -> None:
     media = CallerMedia(s.data_path / "recordings")
     sim = AriSimulator(app_name=s.ari_app, user=s.ari_user, password=s.ari_password.get_secret_value(), hooks=media,
                        sounds_dir=sounds_dir, history_limit=HISTORY_LIMIT, seed=s.sim_seed)
-    phrasebook = load_phrasebook(s.model_cache_path / "phrasebook")
-    pbx = CallerPbx(sim, media, phrasebook, load_human_clips(human_audio_dir(s.sim_audio_dir)), seed=s.sim_seed)
+    phrasebook = load_phrasebook(s.model_cache_path / "phrasebook", calibration(s))
+    # Each finished call's scenario and the lead it should have given, for `rtcore bench understanding`.
+    expectations = CallExpectations(s.data_path / SIM_CALLS_FILE)
+    scenarios = tuple(n.strip() for n in s.sim_scenarios.split(",") if n.strip())
+    pbx = CallerPbx(sim, media, phrasebook, load_human_clips(human_audio_dir(s.sim_audio_dir)), seed=s.sim_seed,
+                    codec=s.sim_caller_codec, scenarios=scenarios, on_call_end=expectations.write)
     await sim.start("127.0.0.1", s.sim_ari_port)
     ctx.ready()
     load: asyncio.Task[None] | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from rtcore.runtime.bus import AsrClient, Publisher, Subscriber
-from rtcore.runtime.messages import CallEnded, CallStarted, ListenMode, UtteranceReady
+from rtcore.runtime.messages import CallContext, CallEnded, CallStarted, ListenMode, UtteranceReady
 from rtcore.runtime.process import ProcessContext, run_process
 from rtcore.runtime.ring import AudioRings
 from rtcore.vad.detector import UtteranceDetector
@@ -21,7 +21,7 @@ def main(ctx: ProcessContext) -> None:
     rings = AudioRings.attach(ctx.info.rings)
     detector = UtteranceDetector(rings, BatchedVad(SileroVad(), capacity=s.max_calls),
                                  SegmenterOptions.from_settings(s), stall_timeout_s=s.vad_stall_timeout_s)
-    sub = Subscriber(s.endpoint("bus_sub"), [CallStarted, CallEnded, ListenMode])
+    sub = Subscriber(s.endpoint("bus_sub"), [CallStarted, CallEnded, ListenMode, CallContext])
     pub = Publisher(s.endpoint("bus_pub"))
     asr = AsrClient(s.endpoint("asr"))
     ctx.ready()

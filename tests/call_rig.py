@@ -19,7 +19,7 @@ from rtcore.dialog.calls import CallController
 from rtcore.dialog.leads import Lead, LeadStore, read_leads
 from rtcore.dialog.script import DialogScript, load_script
 from rtcore.intents import EmbeddedIntentSource
-from rtcore.runtime.messages import CallStarted, Message, Transcript
+from rtcore.runtime.messages import CallStarted, Message, SpeechStarted, Transcript, UtteranceReady
 from rtcore.runtime.redis_server import PrivateRedis
 from rtcore.runtime.ring import AudioRings, RingSpec
 from rtcore.sim.ari import AriSimulator
@@ -46,7 +46,7 @@ async def until(condition: Callable[[], Any], timeout_s: float = 10.0) -> Any:
 class Rig:
     def __init__(self, short_dir: Path, barge_in: bool = True, prompt_seconds: Callable[[str], float] = lambda u: 0.02,
                  no_input_s: float = 0.3, slots: int = 4, sim: AriSimulator | None = None,
-                 setup_timeout_s: float = 5.0, call_ttl_s: float = 3600.0) -> None:
+                 setup_timeout_s: float = 5.0, call_ttl_s: float = 3600.0, turn_join_s: float = 0.0) -> None:
         self.dir = short_dir
         self.sim = sim or AriSimulator(app_name=APP, user=USER, password=PASSWORD, playback_duration=prompt_seconds)
         self.redis = PrivateRedis(short_dir / "run", short_dir / "data")
@@ -59,6 +59,7 @@ class Rig:
         self.barge_in = barge_in
         self.setup_timeout_s = setup_timeout_s
         self.call_ttl_s = call_ttl_s
+        self.turn_join_s = turn_join_s
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Rig:
@@ -81,7 +82,7 @@ class Rig:
         self.ari = AriClient(self.sim.url, USER, PASSWORD, APP, timeout_s=5.0, backoff_max_s=0.2)
         self.controller = CallController(self.ari, self.script, EmbeddedIntentSource(), self.rings, self.store,
                                          self.published.append, "127.0.0.1", 40000, barge_in=self.barge_in,
-                                         setup_timeout_s=self.setup_timeout_s)
+                                         setup_timeout_s=self.setup_timeout_s, turn_join_s=self.turn_join_s)
         self.task = asyncio.get_running_loop().create_task(self.controller.run())
         await self.sim.wait_for_subscriber()
 
@@ -133,6 +134,21 @@ class Rig:
         media = self.media(prompt)
         return await self.sim.wait_for(
             lambda e: e["type"] == "PlaybackStarted" and e["playback"]["media_uri"] == media, since=since)
+
+    def cut(self, call_id: str, eos_at: float) -> str:
+        """The VAD ends an utterance of the caller's at `eos_at` (UtteranceReady); its id."""
+        utterance_id = f"{call_id}-{next(_ids)}"
+        self.controller.handle_message(UtteranceReady(utterance_id=utterance_id, call_id=call_id, slot=0, generation=0,
+                                                      start_sample=0, end_sample=16000, eos_at=eos_at))
+        return utterance_id
+
+    def heard(self, call_id: str, utterance_id: str, text: str, eos_at: float) -> None:
+        """The ASR's transcript of that utterance."""
+        self.controller.handle_message(Transcript(utterance_id=utterance_id, call_id=call_id, text=text, eos_at=eos_at))
+
+    def speaks_again(self, call_id: str, at: float) -> None:
+        """The VAD hears the caller start speaking at `at` (SpeechStarted)."""
+        self.controller.handle_message(SpeechStarted(call_id=call_id, slot=0, generation=0, start_sample=0, at=at))
 
     def says(self, call_id: str, text: str) -> None:
         self.controller.handle_message(Transcript(utterance_id=f"{call_id}-{next(_ids)}", call_id=call_id, text=text,

@@ -390,3 +390,75 @@ async def test_per_call_keys_expire_and_leads_do_not(short_dir: Path) -> None:
             assert client.sismember("rtcore:calls:active", call_id) == 0
         finally:
             client.close()
+
+
+# --- turn continuation: a pause inside an answer -----------------------------------------------
+async def test_an_answer_cut_at_a_pause_is_one_turn(short_dir: Path) -> None:
+    """"Oui." (cut by the VAD at a pause) is understood and answered, then the caller goes on within
+    the window: the reply is stopped and undone, and "Oui. Je suis propriétaire." is one turn."""
+    async with Rig(short_dir, prompt_seconds=lambda uri: 3600.0 if "heating" in uri else 0.02,
+                   no_input_s=60.0, turn_join_s=1.2) as rig:
+        call_id = await rig.call()
+        since = await rig.dialog(call_id, HAPPY[:2])
+        since = await rig.hears("ask_owner_house", since)
+        eos = time.time()
+        first = rig.cut(call_id, eos)
+        rig.heard(call_id, first, "Oui.", eos)
+        reply = await rig.hears_start("ask_which_heating", since)  # the bot moved on...
+        rig.speaks_again(call_id, eos + 0.5)  # ...but the caller was not done
+        stop = await rig.sim.wait_for_request(
+            lambda r: r.method == "DELETE" and r.path.endswith(f"/playbacks/{reply['playback']['id']}"))
+        assert stop.status == 204
+        second = rig.cut(call_id, eos + 2.0)
+        rig.heard(call_id, second, "Je suis propriétaire.", eos + 2.0)
+        mark = len(rig.sim.events)
+        await rig.hears_start("ask_which_heating", mark)  # asked again, after the whole answer
+        turns = rig.controller.calls[call_id].lead.turns  # type: ignore[union-attr]
+        assert [(t.transcript, t.intent) for t in turns[2:]] == [("Oui. Je suis propriétaire.", "ok_proprio")]
+        assert rig.controller.calls[call_id].engine.state.state == "ask_which_heating"  # type: ignore[union-attr]
+        assert rig.controller.counters["turns_joined"] == 1
+
+
+async def test_a_continuation_that_starts_before_the_first_transcript_is_joined(short_dir: Path) -> None:
+    async with Rig(short_dir, no_input_s=60.0, turn_join_s=1.2) as rig:
+        call_id = await rig.call()
+        since = await rig.dialog(call_id, HAPPY[:3])
+        await rig.hears("ask_which_heating", since)
+        eos = time.time()
+        first = rig.cut(call_id, eos)
+        rig.speaks_again(call_id, eos + 0.3)  # the caller goes on before "Alors." is transcribed
+        rig.heard(call_id, first, "Alors,", eos)
+        second = rig.cut(call_id, eos + 1.5)
+        rig.heard(call_id, second, "au gaz.", eos + 1.5)
+        await until(lambda: len(rig.controller.calls[call_id].lead.turns) == 4)  # type: ignore[union-attr]
+        lead = rig.controller.calls[call_id].lead
+        assert lead is not None and lead.heating == "gaz"
+        assert [(t.transcript, t.intent) for t in lead.turns[3:]] == [("Alors, au gaz.", "ok_heating")]
+
+
+async def test_speech_after_the_window_is_a_new_turn_and_a_missing_continuation_gives_up(
+        short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rtcore.dialog import turns as turns_module
+
+    monkeypatch.setattr(turns_module, "JOIN_WAIT_S", 0.2)
+    async with Rig(short_dir, no_input_s=60.0, turn_join_s=1.2) as rig:
+        call_id = await rig.call()
+        since = await rig.dialog(call_id, HAPPY[:2])
+        await rig.hears("ask_owner_house", since)
+        eos = time.time()
+        first = rig.cut(call_id, eos)
+        rig.heard(call_id, first, "Oui, je suis propriétaire.", eos)
+        await until(lambda: rig.controller.calls[call_id].engine.state.state == "ask_which_heating")  # type: ignore[union-attr]
+        rig.speaks_again(call_id, eos + 3.0)  # long after: nothing to join
+        assert rig.controller.counters["turns_joined"] == 0
+        eos = time.time()
+        second = rig.cut(call_id, eos)
+        rig.heard(call_id, second, "Au gaz.", eos)
+        await until(lambda: rig.controller.calls[call_id].engine.state.state == "ask_be_called_back")  # type: ignore[union-attr]
+        rig.speaks_again(call_id, eos + 0.4)  # within the window, but no utterance follows (a click)
+        assert rig.controller.counters["turns_joined"] == 1
+        await until(lambda: rig.controller.calls[call_id].engine.state.state == "ask_be_called_back"  # type: ignore[union-attr]
+                    and rig.controller.calls[call_id].joiner.joining is None)
+        lead = rig.controller.calls[call_id].lead
+        assert lead is not None and lead.heating == "gaz"
+        assert [t.transcript for t in lead.turns[2:]] == ["Oui, je suis propriétaire.", "Au gaz."]

@@ -35,6 +35,7 @@ class AsrRequest:
     enqueued_at: float  # monotonic
     language: str = ""
     meta: Any = None  # what the caller needs back (e.g. the UtteranceReady)
+    context: str = ""  # what the caller is expected to say (Whisper's previous text)
     window_s: float = field(default=0.0, init=False)
 
     @property

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,18 +22,13 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     from rtcore.runtime.config import Settings
 
+from rtcore.asr.filters import compression_ratio, flag
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 HOP = 160  # samples per mel frame: 100 frames per second
 MAX_WINDOW_S = 30.0
-
-# What Whisper writes, in French, over silence or noise: subtitle credits from its training data.
-KNOWN_HALLUCINATIONS = (
-    "sous-titres réalisés par", "sous-titrage st'", "sous-titrage société radio-canada",
-    "merci d'avoir regardé", "abonnez-vous", "amara.org", "sous-titres fait par",
-)
-
 
 @dataclass(frozen=True)
 class WhisperOptions:
@@ -56,12 +49,17 @@ class WhisperOptions:
     no_speech_threshold: float = 0.5
     logprob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
+    # An utterance's context (what the dialog expects the caller to say) is given to Whisper as
+    # exactly this many tokens of previous text (repeated or cut to fit: CTranslate2 wants the
+    # transcript to start at the same position in every item of a batch); 0: contexts are ignored.
+    context_tokens: int = 32
 
     @classmethod
     def from_settings(cls, settings: Settings, model_dir: Path) -> WhisperOptions:
         return cls(model_dir=str(model_dir), language=settings.asr_language, beam_size=settings.asr_beam_size,
                    device=settings.asr_device, compute_type=settings.asr_compute_type,
-                   intra_threads=settings.asr_intra_threads, inter_threads=settings.asr_inter_threads)
+                   intra_threads=settings.asr_intra_threads, inter_threads=settings.asr_inter_threads,
+                   context_tokens=settings.asr_context_tokens)
 
 
 @dataclass(frozen=True)
@@ -80,14 +78,6 @@ class BatchTiming:
     inference_s: float
     window_s: float
     batch_size: int
-
-
-def compression_ratio(text: str) -> float:
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
-
-
-_REPEAT = re.compile(r"(\b.{3,40}?\b)(?:\W*\1){3,}", re.IGNORECASE)
 
 
 class WhisperEngine:
@@ -114,27 +104,42 @@ class WhisperEngine:
                                    self.model.is_multilingual, task="transcribe", language=options.language)
         self.features = FeatureExtractor(feature_size=self.model.n_mels)
         self.prompt = list(self.tokenizer.sot_sequence) + [self.tokenizer.no_timestamps]
-        self._prompts: dict[str, list[int]] = {options.language: self.prompt}
+        self._prompts: dict[tuple[str, str], list[int]] = {(options.language, ""): self.prompt}
         log.info("Whisper %s on %s (%s), language %s, beam %d", model_dir.name, options.device,
                  options.compute_type, options.language, options.beam_size)
 
-    def prompt_for(self, language: str) -> list[int]:
-        """The decoder prompt forcing `language` (ValueError for a code Whisper does not know)."""
-        if not language:
-            return self.prompt
-        prompt = self._prompts.get(language)
+    def prompt_for(self, language: str, context: str = "") -> list[int]:
+        """The decoder prompt forcing `language` (ValueError for a code Whisper does not know),
+        after `context` as previous text (`context_tokens` long; none when that is 0)."""
+        language = language or self.options.language
+        context = context if self.options.context_tokens > 0 else ""
+        prompt = self._prompts.get((language, context))
         if prompt is None:
             token = self.tokenizer.tokenizer.token_to_id(f"<|{language}|>")
-            if token is None or not self.model.is_multilingual:
+            if token is None or (not self.model.is_multilingual and language != self.options.language):
                 raise ValueError(f"unknown language {language!r} for this Whisper model")
             prompt = [token if t == self.tokenizer.language else t for t in self.prompt]
-            self._prompts[language] = prompt
+            if context:
+                prompt = [self.tokenizer.sot_prev, *self._fit(self.tokenizer.encode(" " + context)), *prompt]
+            if len(self._prompts) > 1024:  # contexts come from the script: a handful; bounded anyway
+                self._prompts.clear()
+            self._prompts[(language, context)] = prompt
         return prompt
 
+    def _fit(self, tokens: list[int]) -> list[int]:
+        """Exactly `context_tokens` tokens: the last ones of a long context, a short one repeated."""
+        size = self.options.context_tokens
+        if not tokens:
+            return []
+        if len(tokens) < size:
+            tokens = tokens * math.ceil(size / len(tokens))
+        return tokens[-size:]
+
     def transcribe(self, audios: list[npt.NDArray[np.float32]], window_s: float,
-                   languages: list[str] | None = None, while_waiting: Callable[[], None] | None = None
-                   ) -> tuple[list[WhisperResult], BatchTiming]:
-        """Transcribe 16 kHz float32 signals, each padded to `window_s`, in one generate call.
+                   languages: list[str] | None = None, while_waiting: Callable[[], None] | None = None,
+                   contexts: list[str] | None = None) -> tuple[list[WhisperResult], BatchTiming]:
+        """Transcribe 16 kHz float32 signals, each padded to `window_s`, in one generate call
+        (one per prompt length: items with and without a context are decoded apart).
 
         Audio longer than the window is split into window-long pieces (texts joined), so speech
         is never truncated; callers bucket by length so that this is rare."""
@@ -152,16 +157,22 @@ class WhisperEngine:
                 mel = self.features(np.asarray(audio[start:start + piece], dtype=np.float32))
                 mels.append(_pad_or_trim(mel, frames))
                 owners.append(index)
-                prompts.append(self.prompt_for(languages[index] if languages else ""))
-        batch = np.ascontiguousarray(np.stack(mels), dtype=np.float32)
+                prompts.append(self.prompt_for(languages[index] if languages else "",
+                                               contexts[index] if contexts else ""))
         t1 = time.perf_counter()
         opts = self.options
         longest_s = min(max(len(a) for a in audios), piece) / SAMPLE_RATE
-        pending = self.model.generate(
-            self._ct2.StorageView.from_array(batch), prompts, beam_size=opts.beam_size,
-            return_scores=True, return_no_speech_prob=True, suppress_blank=True,
-            max_length=min(448, len(self.prompt) + max(16, math.ceil(longest_s * opts.max_tokens_per_s))),
-            asynchronous=True)
+        pending: list[Any] = [None] * len(mels)
+        for size in sorted({len(p) for p in prompts}):
+            group = [i for i, p in enumerate(prompts) if len(p) == size]
+            batch = np.ascontiguousarray(np.stack([mels[i] for i in group]), dtype=np.float32)
+            futures = self.model.generate(
+                self._ct2.StorageView.from_array(batch), [prompts[i] for i in group], beam_size=opts.beam_size,
+                return_scores=True, return_no_speech_prob=True, suppress_blank=True,
+                max_length=min(448, size + max(16, math.ceil(longest_s * opts.max_tokens_per_s))),
+                asynchronous=True)
+            for i, future in zip(group, futures, strict=True):
+                pending[i] = future
         # A big 30 s batch takes many seconds on a CPU: keep the caller's heartbeats going meanwhile.
         while while_waiting is not None and not all(r.done() for r in pending):
             while_waiting()
@@ -176,14 +187,16 @@ class WhisperEngine:
             pieces[owner].append((self.tokenizer.decode(tokens).strip(), cum_logprob / (len(tokens) + 1),
                                   result.no_speech_prob))
         out = [self._judge(" ".join(p[0] for p in parts if p[0]), float(np.mean([p[1] for p in parts])),
-                           float(max(p[2] for p in parts))) for parts in pieces]
+                           float(max(p[2] for p in parts)), languages[i] if languages else "")
+               for i, parts in enumerate(pieces)]
         timing = BatchTiming(t1 - t0, t2 - t1, window_s, len(mels))
         # A repetition loop usually means too little padding after the speech: retry those items
         # once with a longer window (as Whisper's own fallback retries a failed decode).
         loops = [i for i, r in enumerate(out) if r.reason == "repetition" and len(audios[i]) / SAMPLE_RATE < window_s]
         if loops and window_s < MAX_WINDOW_S:
             retried, extra = self.transcribe([audios[i] for i in loops], min(MAX_WINDOW_S, window_s + 10.0),
-                                             [languages[i] for i in loops] if languages else None, while_waiting)
+                                             [languages[i] for i in loops] if languages else None, while_waiting,
+                                             [contexts[i] for i in loops] if contexts else None)
             for i, result in zip(loops, retried, strict=True):
                 if not result.hallucination:
                     out[i] = result
@@ -191,20 +204,12 @@ class WhisperEngine:
                                  window_s, timing.batch_size)
         return out, timing
 
-    def _judge(self, text: str, avg_logprob: float, no_speech_prob: float) -> WhisperResult:
+    def _judge(self, text: str, avg_logprob: float, no_speech_prob: float, language: str) -> WhisperResult:
         opts = self.options
-        ratio = compression_ratio(text)
-        reason = ""
-        lowered = text.lower()
-        if not text:
-            reason = "empty"
-        elif no_speech_prob > opts.no_speech_threshold and avg_logprob < opts.logprob_threshold:
-            reason = "no speech"  # Whisper's own rule for a silent window
-        elif ratio > opts.compression_ratio_threshold or _REPEAT.search(text):
-            reason = "repetition"
-        elif any(phrase in lowered for phrase in KNOWN_HALLUCINATIONS):
-            reason = "known hallucination"
-        return WhisperResult(text, avg_logprob, no_speech_prob, ratio, bool(reason), reason)
+        reason = flag(text, avg_logprob, no_speech_prob, language=language or opts.language,
+                      no_speech_threshold=opts.no_speech_threshold, logprob_threshold=opts.logprob_threshold,
+                      compression_ratio_threshold=opts.compression_ratio_threshold)
+        return WhisperResult(text, avg_logprob, no_speech_prob, compression_ratio(text), bool(reason), reason)
 
 
 def _pad_or_trim(mel: npt.NDArray[np.float32], frames: int) -> npt.NDArray[np.float32]:

@@ -61,7 +61,7 @@ class AsrWorker:
             return Transcript(utterance_id=utterance.utterance_id, call_id=utterance.call_id, text="",
                               error=str(exc), eos_at=utterance.eos_at, worker=self.name)
         self.batcher.add(AsrRequest(utterance.utterance_id, pcm16_to_float(pcm), self._clock(),
-                                    language=utterance.language, meta=utterance))
+                                    language=utterance.language, meta=utterance, context=utterance.context))
         return None
 
     def next_deadline(self) -> float:
@@ -75,7 +75,8 @@ class AsrWorker:
             return []
         started = self._clock()
         results, timing = self.engine.transcribe([r.audio for r in batch], batch[0].window_s,
-                                                 [r.language for r in batch], while_waiting)
+                                                 [r.language for r in batch], while_waiting,
+                                                 [r.context for r in batch])
         self.batches += 1
         if timing.inference_s > SLOW_BATCH_S:
             reasons = [r.reason for r in results if r.reason]
@@ -103,15 +104,17 @@ class AsrWorker:
 
 
 def transcribe_offline(engine: WhisperEngine, policy: BatchPolicy,
-                       items: list[tuple[str, npt.NDArray[np.float32]]], language: str = ""
-                       ) -> dict[str, WhisperResult]:
+                       items: list[tuple[str, npt.NDArray[np.float32]]], language: str = "",
+                       contexts: dict[str, str] | None = None) -> dict[str, WhisperResult]:
     """Whole files' utterances at once (`rtcore transcribe`, benchmarks): the same batcher, every
-    batch due at once, so each batch is as full as the length buckets allow."""
+    batch due at once, so each batch is as full as the length buckets allow. `contexts`: key ->
+    what that utterance's speaker was expected to say (as a call's CallContext)."""
     batcher = AsrBatcher(policy)
     for key, audio in items:
-        batcher.add(AsrRequest(key, audio, 0.0, language=language))
+        batcher.add(AsrRequest(key, audio, 0.0, language=language, context=(contexts or {}).get(key, "")))
     results: dict[str, WhisperResult] = {}
     while batch := batcher.pop_due(0.0, flush=True):
-        outputs, _ = engine.transcribe([r.audio for r in batch], batch[0].window_s, [r.language for r in batch])
+        outputs, _ = engine.transcribe([r.audio for r in batch], batch[0].window_s, [r.language for r in batch],
+                                       contexts=[r.context for r in batch])
         results.update((r.key, out) for r, out in zip(batch, outputs, strict=True))
     return results

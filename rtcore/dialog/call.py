@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
-from rtcore.dialog.engine import DialogEngine
+from rtcore.dialog.engine import DialogEngine, DialogState
+from rtcore.dialog.joining import TurnJoiner
 from rtcore.dialog.leads import Lead
-from rtcore.runtime.messages import CallStarted
+from rtcore.runtime.messages import CallStarted, Transcript
 from rtcore.runtime.ring import SlotLease
 
 
@@ -32,4 +34,22 @@ class Call:
     helpers: list[str] = field(default_factory=list)  # channel and bridge ids we created for this call
     rtp_source: str = ""
     started: CallStarted | None = None  # the announcement, repeated by reannounce()
+    context_sent: str | None = None  # the CallContext last published for this call
     persist: bool = True  # False: taken back without its Redis record, whose lead must not be overwritten
+    # Turn continuation (rtcore.dialog.joining): which utterances make one turn, the last turn
+    # understood and how to undo it, and the timer that stops waiting for a continuation.
+    joiner: TurnJoiner = field(default_factory=lambda: TurnJoiner(0.0))
+    last_turn: TurnUndo | None = None
+    join_timer: asyncio.TimerHandle | None = None
+    turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass
+class TurnUndo:
+    """What a speech turn changed, to undo it when the caller turns out to be still answering."""
+
+    transcript: Transcript
+    state: DialogState
+    lead_fields: dict[str, Any]
+    turns: int
+    hangup_after_prompts: bool

@@ -26,11 +26,12 @@ from typing import Any
 from rtcore.dialog.ari.client import CONNECTED, AriClient, AriError
 from rtcore.dialog.call import Call
 from rtcore.dialog.engine import DialogEngine
+from rtcore.dialog.joining import TurnJoiner
 from rtcore.dialog.leads import Lead, LeadStore
 from rtcore.dialog.script import DialogScript
 from rtcore.dialog.setup import BRIDGE, HELPER_CHANNEL_TYPES, OWN_ARGS_PREFIX, SetupError, StasisWaiter, connect_media
 from rtcore.dialog.turns import IntentSource, TurnTaking
-from rtcore.runtime.messages import CallEnded, CallStarted, Message, SpeechStarted, Transcript
+from rtcore.runtime.messages import CallEnded, CallStarted, Message, SpeechStarted, Transcript, UtteranceReady
 from rtcore.runtime.ring import AudioRings, NoFreeSlotError
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class CallController(TurnTaking):
     def __init__(self, ari: AriClient, script: DialogScript, intents: IntentSource, rings: AudioRings,
                  store: LeadStore, publish: Callable[[Message], None], rtp_host: str, rtp_port: int,
                  barge_in: bool = True, clock: Callable[[], float] = time.time,
-                 setup_timeout_s: float = 5.0) -> None:
+                 setup_timeout_s: float = 5.0, turn_join_s: float = 0.0) -> None:
         self.ari = ari
         self.script = script
         self.intents = intents
@@ -55,6 +56,7 @@ class CallController(TurnTaking):
         self.rtp_target = f"{rtp_host}:{rtp_port}"
         self.barge_in = barge_in
         self.setup_timeout_s = setup_timeout_s
+        self.turn_join_s = turn_join_s  # rtcore.dialog.joining; 0: every utterance is a turn
         self.calls: dict[str, Call] = {}
         self._owner: dict[str, str] = {}  # helper channel / playback id -> call id
         self.stasis = StasisWaiter()
@@ -123,16 +125,18 @@ class CallController(TurnTaking):
 
     def handle_message(self, message: Message) -> None:
         """A bus message from the audio path or the ASR."""
+        call = self.calls.get(getattr(message, "call_id", ""))
+        if call is None or call.ended:
+            return
         if isinstance(message, Transcript):
-            call = self.calls.get(message.call_id)
-            if call is not None and not call.ended:
-                self.spawn(self._transcript(call, message))
+            self.transcript_arrived(call, message)
+        elif isinstance(message, UtteranceReady):
+            self.utterance_cut(call, message)
         elif isinstance(message, SpeechStarted):
-            call = self.calls.get(message.call_id)
-            if call is not None and not call.ended:
-                self._cancel_no_input(call)
-                if self.barge_in and call.playbacks and not call.hangup_after_prompts:
-                    self.spawn(self._stop_prompts(call))
+            self._cancel_no_input(call)
+            if self.barge_in and call.playbacks and not call.hangup_after_prompts:
+                self.spawn(self._stop_prompts(call))
+            self.speech_started(call, message.at)
 
     def is_helper(self, channel_id: str, name: str, args: list[str]) -> bool:
         # Snoop and external media channels are never callers, whoever created them.
@@ -151,7 +155,7 @@ class CallController(TurnTaking):
 
     # --- call start ---------------------------------------------------------------------------
     def new_call(self, call_id: str, caller: str, started_at: float | None = None) -> Call:
-        call = self.calls[call_id] = Call(call_id, caller)
+        call = self.calls[call_id] = Call(call_id, caller, joiner=TurnJoiner(self.turn_join_s))
         call.engine = DialogEngine(self.script)
         call.lead = Lead(call_id=call_id, caller=caller, started_at=started_at or self._clock())
         return call
@@ -200,12 +204,14 @@ class CallController(TurnTaking):
         call.started = CallStarted(call_id=call.call_id, slot=call.lease.slot, generation=call.lease.generation,
                                    caller=call.caller, rtp_source=call.rtp_source, started_at=call.lead.started_at)
         self.publish(call.started)
+        self.publish_context(call, force=True)
 
     def reannounce(self) -> None:
         """Publish CallStarted again for every call in progress (idempotent for its readers)."""
         for call in self.calls.values():
             if call.setup_done and not call.ended and call.lease is not None and call.started is not None:
                 self.publish(call.started)
+                self.publish_context(call, force=True)
 
     def own(self, call: Call, helper_id: str) -> None:
         if helper_id not in call.helpers:

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from rtcore.dialog.ari.client import AriError
 from rtcore.dialog.call import Call
 from rtcore.dialog.engine import DialogEngine, DialogState
+from rtcore.dialog.joining import TurnJoiner
 from rtcore.dialog.leads import CallRecord, Lead, Turn
 from rtcore.dialog.setup import BRIDGE, HELPER_CHANNEL_TYPES, MEDIA, SNOOP_IN, call_of_helper
 from rtcore.runtime.ring import NoFreeSlotError, SlotLease, SlotOwner
@@ -132,7 +133,7 @@ def _restore(ctrl: CallController, call_id: str, record: CallRecord | None,
     whether its dialog state could be read back."""
     state = record.state if record else {}
     caller = str(state.get("caller") or ((channel or {}).get("caller") or {}).get("number", ""))
-    call = Call(call_id, caller)
+    call = Call(call_id, caller, joiner=TurnJoiner(ctrl.turn_join_s))
     started_at = float(state.get("started_at") or time.time())
     call.lead = record.lead if record and record.lead else Lead(call_id=call_id, caller=caller, started_at=started_at)
     try:

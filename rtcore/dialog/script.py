@@ -46,6 +46,9 @@ class State:
     prompt: str
     reprompt: str
     on: dict[str, Action]
+    # What callers say here, in their words: given to Whisper as the text before the utterance
+    # (its "previous text"), it biases recognition towards the expected vocabulary.
+    asr_context: str = ""
 
 
 @dataclass(frozen=True)
@@ -142,13 +145,13 @@ def _build(data: Any, source: str) -> DialogScript:
             str(i): _action(a, f"states.{name}.when.{i}")
             for i, a in _mapping(value.get("when", {}), f"states.{name}.when").items()
         }
-        unknown = set(value) - {"prompt", "reprompt", "when"}
+        unknown = set(value) - {"prompt", "reprompt", "when", "asr_context"}
         if unknown:
-            raise ScriptError(
-                f"states.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))} (known: prompt, reprompt, when)"
-            )
+            raise ScriptError(f"states.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                              "(known: asr_context, prompt, reprompt, when)")
         states[name] = State(
-            name, str(value.get("prompt", "")), str(value.get("reprompt") or value.get("prompt", "")), on
+            name, str(value.get("prompt", "")), str(value.get("reprompt") or value.get("prompt", "")), on,
+            " ".join(str(value.get("asr_context") or "").split()),
         )
     recovery_data = _mapping(data.get("recovery", {}), "recovery")
     unknown_keys = set(recovery_data) - {"resume", "ending"}

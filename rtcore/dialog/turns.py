@@ -10,19 +10,25 @@ that does this; the controller provides the call lifecycle it calls back into.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from rtcore.dialog.ari.client import AriClient, AriError
-from rtcore.dialog.call import Call
+from rtcore.dialog.call import Call, TurnUndo
 from rtcore.dialog.engine import Reply
 from rtcore.dialog.leads import LeadStore, Turn
 from rtcore.dialog.script import DialogScript
-from rtcore.runtime.messages import ListenMode, Message, Transcript, TurnTaken
+from rtcore.runtime.messages import CallContext, ListenMode, Message, Transcript, TurnTaken, UtteranceReady
 
 log = logging.getLogger(__name__)
+
+# How long a continuation may take to become an utterance (its speech, then the VAD's silence)
+# before the first piece is understood alone; re-armed while its transcript is on its way.
+JOIN_WAIT_S = 6.0
+UNDONE_LEAD_FIELDS = ("zip_code", "owner", "heating", "callback", "slot", "outcome")
 
 
 class IntentSource(Protocol):
@@ -80,6 +86,7 @@ class TurnTaking:
         # Saved before the prompts are requested too: a process that dies while asking them must
         # leave its successor the turn it took (the saved state says which question to ask again).
         self.save(call)
+        self.publish_context(call)
         was_speaking = bool(call.playbacks)
         call.saying = True
         for name in reply.prompts:
@@ -96,6 +103,16 @@ class TurnTaking:
         if not call.playbacks:  # short prompts may all have ended already
             self._done_speaking(call)
         self.save(call)
+
+    def publish_context(self, call: Call, force: bool = False) -> None:
+        """Tell the audio path what the caller is expected to say now (the state's asr_context),
+        for the ASR to give Whisper; only when it changed, unless `force` (re-announcement)."""
+        assert call.engine is not None
+        state = self.script.states.get(call.engine.state.state)
+        context = state.asr_context if state is not None and not call.engine.ended else ""
+        if force or context != call.context_sent:
+            call.context_sent = context
+            self.publish(CallContext(call_id=call.call_id, context=context))
 
     def _register_playback(self, call: Call, prompt: str, retry: bool = False) -> str:
         self._playback_seq += 1
@@ -209,8 +226,76 @@ class TurnTaking:
         turn = Turn(at=self._clock(), prompt=list(call.engine.state.last_prompts), source="silence")
         await self.say(call, call.engine.on_no_input(), turn)
 
+    # --- turn continuation (rtcore.dialog.joining) --------------------------------------------
+    def utterance_cut(self, call: Call, utterance: UtteranceReady) -> None:
+        call.joiner.cut(utterance.utterance_id, utterance.eos_at)
+
+    def speech_started(self, call: Call, at: float) -> None:
+        """The caller speaks: maybe still the last answer, whose turn must then be undone."""
+        if call.hung_up_by_bot or call.ended:
+            return
+        continued = call.joiner.speech_started(at)
+        if continued is None:
+            return
+        self.counters["turns_joined"] += 1
+        log.info("call %s: the caller goes on after a pause: one turn with %s", call.call_id, continued)
+        self._arm_join_timer(call, rounds=3)
+        if call.last_turn is not None and call.last_turn.transcript.utterance_id == continued:
+            self.spawn(self._undo_turn(call))
+
+    def transcript_arrived(self, call: Call, transcript: Transcript) -> None:
+        ready = call.joiner.transcript(transcript)
+        if ready is not None:
+            self._cancel_join_timer(call)
+            self.spawn(self._transcript(call, ready))
+
+    async def _undo_turn(self, call: Call) -> None:
+        async with call.turn_lock:  # after the turn being undone has finished being taken
+            undo = call.last_turn
+            if undo is None or call.ended or call.engine is None or call.lead is None:
+                return
+            call.last_turn = None
+            call.engine.state = undo.state
+            for name, value in undo.lead_fields.items():
+                setattr(call.lead, name, value)
+            del call.lead.turns[undo.turns:]
+            call.hangup_after_prompts = undo.hangup_after_prompts
+            call.joiner.hold(undo.transcript)
+            if call.playbacks:
+                await self._stop_prompts(call)
+            self.save(call)
+            self.publish_context(call)
+
+    def _arm_join_timer(self, call: Call, rounds: int) -> None:
+        """Stop waiting for a continuation that does not come (speech too short to be an utterance);
+        while its utterance is being cut and transcribed, wait on, a few rounds at most."""
+        self._cancel_join_timer(call)
+        cuts_now = len(call.joiner.cuts)
+
+        def expired() -> None:
+            call.join_timer = None
+            if call.joiner.joining is None or call.ended:
+                return
+            if len(call.joiner.cuts) > cuts_now and rounds > 1:
+                self._arm_join_timer(call, rounds - 1)  # it was cut: its transcript is on its way
+                return
+            ready = call.joiner.give_up()
+            if ready is not None:
+                self.spawn(self._transcript(call, ready))
+
+        call.join_timer = asyncio.get_running_loop().call_later(JOIN_WAIT_S, expired)
+
+    def _cancel_join_timer(self, call: Call) -> None:
+        if call.join_timer is not None:
+            call.join_timer.cancel()
+            call.join_timer = None
+
     async def _transcript(self, call: Call, transcript: Transcript) -> None:
-        assert call.engine is not None
+        async with call.turn_lock:
+            await self._take_turn(call, transcript)
+
+    async def _take_turn(self, call: Call, transcript: Transcript) -> None:
+        assert call.engine is not None and call.lead is not None
         now = self._clock()
         self._cancel_no_input(call)
         turn = Turn(at=now, prompt=list(call.engine.state.last_prompts), transcript=transcript.text,
@@ -233,6 +318,9 @@ class TurnTaking:
             return
         if call.playbacks and not call.hangup_after_prompts:
             await self._stop_prompts(call)  # answered before the question ended
+        call.last_turn = TurnUndo(transcript, copy.deepcopy(call.engine.state),
+                                  {name: copy.deepcopy(getattr(call.lead, name)) for name in UNDONE_LEAD_FIELDS},
+                                  len(call.lead.turns), call.hangup_after_prompts)
         await self.say(call, call.engine.on_intent(result.intent, dict(result.slots)), turn)
         self._turn_taken(call, transcript, turn)
 

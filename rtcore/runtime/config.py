@@ -108,6 +108,10 @@ class Settings(BaseModel):
                                                         "cores). One thread per worker decodes faster than two threads "
                                                         "sharing a batch.")
     asr_inter_threads: int = Field(1, ge=1)
+    asr_context_tokens: int = Field(32, ge=0, le=200,
+                                    description="Whisper gets the dialog's expectation for the caller's answer (the "
+                                                "script's asr_context) as this many tokens of previous text; 0: no "
+                                                "context (README, \"Context\").")
     asr_endpoint: str = Field("", description="The ASR dispatcher's socket that workers connect to; empty: ipc:// in "
                                               "run_dir.")
     asr_worker_timeout_s: float = Field(10.0, gt=0, description="A worker silent this long is presumed dead: its "
@@ -135,6 +139,11 @@ class Settings(BaseModel):
                                                       "no limit.")
     sim_duration_s: float = Field(0.0, ge=0.0, description="Stop placing calls after this long (launch --duration); 0: "
                                                            "no limit.")
+    sim_caller_codec: Literal["ulaw", "alaw", "slin16"] = Field(
+        "ulaw", description="How simulated callers reach the PBX: ulaw or alaw (8 kHz G.711 over the phone network, as "
+                            "real callers: their voice is band-limited and companded), slin16 (a wide-band caller).")
+    sim_scenarios: str = Field("", description="Comma-separated caller scenarios the embedded PBX picks from "
+                                               "(happy, tenant, refusal, ...); empty: all, weighted.")
     sim_seed: int = Field(1, description="Seed of the simulated callers' choices (scenarios, numbers, pauses).")
     sim_audio_dir: str = Field("", description="Real French speech for callers' unclear turns; empty: "
                                                "../shared/audio/fr beside the checkout, if present.")
@@ -145,6 +154,10 @@ class Settings(BaseModel):
                                                                             "channels may take to enter the Stasis "
                                                                             "application (Asterisk adds them "
                                                                             "asynchronously) before its set-up fails.")
+    dialog_turn_join_s: float = Field(
+        1.2, ge=0.0, le=5.0, description="A caller who speaks again within this long after an utterance was cut is "
+                                         "still answering: the two are one turn (README, \"Turn continuation\"); "
+                                         "0: never join.")
     dialog_barge_in: bool = Field(True, description="The caller may interrupt the bot (SpeechStarted stops the "
                                                     "prompt); false: ignored while the bot speaks, as the seed.")
     prompts_dir: str = Field("", description="Rendered prompts, .sln16/.ulaw/.alaw (rtcore prompts build; the cache of "

@@ -49,6 +49,15 @@ class ListenMode(Message, frozen=True):
     mode: Literal["listen", "ignore"]
 
 
+class CallContext(Message, frozen=True):
+    """Dialog -> VAD: what the caller is expected to say next (the script's `asr_context` of the
+    call's dialog state), sent when it changes; the VAD stamps it on the call's UtteranceReady so
+    the ASR can give it to Whisper. Empty: nothing in particular."""
+
+    call_id: str
+    context: str
+
+
 # --- audio path (VAD -> ASR, dialog) ---------------------------------------------------------
 class SpeechStarted(Message, frozen=True):
     """VAD -> dialog: the caller started speaking (used for barge-in)."""
@@ -71,6 +80,7 @@ class UtteranceReady(Message, frozen=True):
     end_sample: int
     eos_at: float  # when the VAD cut it: latencies are measured from here
     language: str = ""  # empty: the ASR default (asr_language); the HTTP API may ask for another
+    context: str = ""  # what the caller is expected to say (CallContext): Whisper's previous text
 
 
 class Transcript(Message, frozen=True):
@@ -163,11 +173,11 @@ class Metrics(Message, frozen=True):
 
 
 MESSAGE_TYPES: tuple[type[Message], ...] = (
-    CallStarted, CallEnded, ListenMode, SpeechStarted, UtteranceReady, Transcript,
+    CallStarted, CallEnded, ListenMode, CallContext, SpeechStarted, UtteranceReady, Transcript,
     AsrCredit, TurnTaken, Play, StopPlayback, ProcessReady, ProcessFailed, Heartbeat, Metrics,
 )
-AnyMessage = (CallStarted | CallEnded | ListenMode | SpeechStarted | UtteranceReady | Transcript | AsrCredit
-              | TurnTaken | Play | StopPlayback | ProcessReady | ProcessFailed | Heartbeat | Metrics)
+AnyMessage = (CallStarted | CallEnded | ListenMode | CallContext | SpeechStarted | UtteranceReady | Transcript
+              | AsrCredit | TurnTaken | Play | StopPlayback | ProcessReady | ProcessFailed | Heartbeat | Metrics)
 
 
 class MessageError(ValueError):

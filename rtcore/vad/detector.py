@@ -15,6 +15,7 @@ import numpy as np
 from rtcore.runtime.audio import pcm16_to_float
 from rtcore.runtime.messages import (
     AnyMessage,
+    CallContext,
     CallEnded,
     CallStarted,
     ListenMode,
@@ -68,6 +69,7 @@ class UtteranceDetector:
         self.options = options
         self.stall_timeout_s = stall_timeout_s
         self.calls: dict[str, CallStream] = {}
+        self.contexts: dict[str, str] = {}  # call id -> what its caller is expected to say (CallContext)
         self.stats = DetectorStats()
         self._clock = clock
         self._wall = wall_clock
@@ -94,6 +96,10 @@ class UtteranceDetector:
             self.vad.add(message.call_id)
         elif isinstance(message, CallEnded):
             self._drop(message.call_id)
+            self.contexts.pop(message.call_id, None)
+        elif isinstance(message, CallContext):
+            # Kept apart from the streams: the dialog may say it before its CallStarted reaches us.
+            self.contexts[message.call_id] = message.context
         elif isinstance(message, ListenMode):
             call = self.calls.get(message.call_id)
             if call is None:
@@ -188,7 +194,7 @@ class UtteranceDetector:
                 out.append(UtteranceReady(
                     utterance_id=f"{call.call_id}-{event.start}", call_id=call.call_id, slot=lease.slot,
                     generation=lease.generation, start_sample=event.start, end_sample=event.end,
-                    eos_at=self._wall()))
+                    eos_at=self._wall(), context=self.contexts.get(call.call_id, "")))
 
     def metrics(self) -> dict[str, float]:
         s = self.stats

@@ -35,8 +35,9 @@ import soundfile
 
 from rtcore.sim.ari import AriSimulator, MediaHooks, StasisAppNotRegistered
 from rtcore.sim.ari.state import Bridge, Channel, LiveRecording, Playback
-from rtcore.sim.callers.phrasebook import ANSWERS_BY_KEY, PRESENT, Clip
-from rtcore.sim.callers.scenarios import Scenario, ScenarioRun, pick_scenario
+from rtcore.sim.callers.phrasebook import ANSWERS_BY_KEY, Clip
+from rtcore.sim.callers.scenarios import Scenario, ScenarioRun, intended_lead, pick_scenario
+from rtcore.sim.telephony import CallerCodec, telephone_band
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class SimulatedCall:
     ssrc: int = 0
     playing: set[str] = field(default_factory=set)  # prompt playbacks in progress
     pending: asyncio.Task[Any] | None = None  # the answer being prepared
+    answers: list[str] = field(default_factory=list)  # the phrasebook answers said, in order
+    typed: str = ""  # DTMF digits typed
     said: list[np.ndarray] = field(default_factory=list)  # everything sent, for the recording
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -104,8 +107,14 @@ class CallerMedia(MediaHooks):
 
 class CallerPbx:
     def __init__(self, sim: AriSimulator, media: CallerMedia, phrasebook: dict[str, list[Clip]],
-                 human_clips: list[npt.NDArray[np.int16]], seed: int = 1) -> None:
+                 human_clips: list[npt.NDArray[np.int16]], seed: int = 1, codec: CallerCodec = "ulaw",
+                 scenarios: tuple[str, ...] = (), on_call_end: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """`codec`: how callers reach the PBX (telephony.py); `scenarios`: the ones to pick from (empty:
+        all); `on_call_end` gets each finished call's scenario and the lead it should have given."""
         self.sim = sim
+        self.codec: CallerCodec = codec
+        self.scenarios = scenarios
+        self.on_call_end = on_call_end
         self.media = media
         media.pbx = self
         self.phrasebook = phrasebook
@@ -121,9 +130,10 @@ class CallerPbx:
 
     # --- calls ----------------------------------------------------------------------------------
     async def place_call(self, scenario: Scenario | None = None) -> SimulatedCall:
-        scenario = scenario or pick_scenario(self.rng, bool(self.human_clips))
+        scenario = scenario or pick_scenario(self.rng, bool(self.human_clips), self.scenarios)
         number = f"06{self.rng.randrange(10**8):08d}"
-        channel_id = await self.sim.place_call(caller_number=number)
+        native = "slin16" if self.codec == "slin16" else self.codec
+        channel_id = await self.sim.place_call(caller_number=number, native_format=native)
         call = SimulatedCall(channel_id, ScenarioRun(scenario), time.monotonic(),
                              ssrc=self.rng.getrandbits(32), seq=self.rng.getrandbits(16))
         self.calls[channel_id] = call
@@ -140,6 +150,11 @@ class CallerPbx:
                 call.pending.cancel()
             call.ended.set()
             self.finished += 1
+            if self.on_call_end is not None:
+                scenario = call.scenario.scenario
+                self.on_call_end({"call_id": channel_id, "scenario": scenario.name, "answers": call.answers,
+                                  "typed": call.typed,
+                                  "intended": intended_lead(scenario.outcome, call.answers, call.typed)})
 
     def link_media(self, bridge: Bridge) -> None:
         """A bridge holding an externalMedia channel and a spy=in snoop: the caller's voice goes there."""
@@ -179,36 +194,41 @@ class CallerPbx:
             await asyncio.sleep(delay if not pause else self.rng.uniform(0.3, 0.8))
             kind, _, value = response.partition(":")
             if kind == "dtmf":
-                for digit in value:
-                    await self.sim.send_dtmf(call.channel_id, digit, duration_ms=120)
-                    await asyncio.sleep(0.25)
+                await self._type(call, value)
             elif kind == "say":
-                audio = self._clip_for(value)
-                if audio is None:
+                clip = self._clip_for(value)
+                if clip is None:
                     fallback = ANSWERS_BY_KEY[value].slots if value in ANSWERS_BY_KEY else ()
                     zip_code = dict(fallback).get("zip_code")
                     if zip_code:  # no spoken variant was understood: type it, as callers do
-                        for digit in str(zip_code):
-                            await self.sim.send_dtmf(call.channel_id, digit, duration_ms=120)
-                            await asyncio.sleep(0.25)
+                        await self._type(call, str(zip_code))
                 else:
-                    self._speak(call, audio)
+                    call.answers.append(clip.answer)
+                    self._speak(call, clip.load())
             elif kind == "human" and self.human_clips:
                 self._speak(call, self.rng.choice(self.human_clips))
         finally:
             call.pending = None
 
-    def _clip_for(self, answer: str) -> npt.NDArray[np.int16] | None:
+    async def _type(self, call: SimulatedCall, digits: str) -> None:
+        call.typed += digits
+        for digit in digits:
+            await self.sim.send_dtmf(call.channel_id, digit, duration_ms=120)
+            await asyncio.sleep(0.25)
+
+    def _clip_for(self, answer: str) -> Clip | None:
+        """A kept variant of `answer`, else of another answer with the same meaning here (another
+        heating, another callback slot: what is said is recorded, so the lead it should give is known)."""
         clips = list(self.phrasebook.get(answer) or [])
         want = ANSWERS_BY_KEY.get(answer)
-        if want is not None and all(value == PRESENT for _, value in want.slots):
-            # Any answer meaning the same will do (a callback slot is whatever slot was heard).
-            clips += [c for key, cs in self.phrasebook.items() if key != answer and key in ANSWERS_BY_KEY
-                      and ANSWERS_BY_KEY[key].intent == want.intent and ANSWERS_BY_KEY[key].state == want.state
-                      and all(v == PRESENT for _, v in ANSWERS_BY_KEY[key].slots) for c in cs]
-        return self.rng.choice(clips).load() if clips else None
+        if not clips and want is not None:
+            clips = [c for key, cs in self.phrasebook.items() if key in ANSWERS_BY_KEY
+                     and ANSWERS_BY_KEY[key].intent == want.intent and ANSWERS_BY_KEY[key].state == want.state
+                     for c in cs]
+        return self.rng.choice(clips) if clips else None
 
     def _speak(self, call: SimulatedCall, audio: npt.NDArray[np.int16]) -> None:
+        audio = telephone_band(audio, self.codec)  # what the phone network leaves of the voice
         padded = np.zeros(-(-len(audio) // PACKET_SAMPLES) * PACKET_SAMPLES, dtype=np.int16)
         padded[:len(audio)] = audio
         call.speech.extend(padded.reshape(-1, PACKET_SAMPLES))

@@ -1,10 +1,13 @@
 """What simulated callers say, as audio: French phrases synthesized with espeak-ng and calibrated.
 
-Each answer (an `Answer`: what a caller says in a dialog state, and the intent the bot should
-understand) has several phrasings. Every phrasing is synthesized in several voice/speed variants,
-and a variant is kept only if the shipped ASR and intent classifier get it right, so that demo
-calls follow the path their script intends. Synthesized French is often mis-heard by Whisper base:
-calibration is what makes simulated calls reproducible. Results are cached by content hash.
+Each answer (an `Answer`: what a caller says in a dialog state, the intent the bot should understand,
+and the slots it carries) has several phrasings. Every phrasing is synthesized in several voice/speed
+variants, and a variant is kept only if the shipped VAD, ASR (with the state's context) and intent
+classifier get it right *after the phone line* (`Calibration`: the caller codec, e.g. G.711 µ-law),
+so that scripted calls follow the path their script intends. Synthesized French is often mis-heard
+by Whisper base, the more so at 8 kHz: calibration is what makes simulated calls reproducible. A
+phrasing with a " | " is a hesitation: its two parts are spoken with a pause between them. Audio is
+cached by content hash, verdicts per calibration (one manifest each).
 """
 
 from __future__ import annotations
@@ -31,11 +34,22 @@ SAMPLE_RATE = 16000
 VOICES = (("fr+klatt", 110), ("fr+klatt4", 110), ("fr+klatt4", 135), ("fr", 110), ("fr+m3", 110), ("fr+f2", 110))
 
 
-# A slot that must be found, whatever its value: synthesized days and hours are heard so badly
-# that demanding the exact callback slot would leave no variant; the lead keeps what was heard.
-PRESENT = "<present>"
 # Changes when the way variants are judged changes, so that old verdicts are not reused.
-CALIBRATION = "vad-segmented-v2"
+CALIBRATION = "telephone-v3"
+# The pause inside a hesitation (" | "), by variant: natural pauses of 0.3 to 0.8 s.
+HESITATION_PAUSES_S = (0.35, 0.5, 0.65, 0.8)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The conditions verdicts hold for: how callers reach the PBX and how much context Whisper gets."""
+
+    codec: str = "ulaw"
+    context_tokens: int = 32
+
+    @property
+    def name(self) -> str:
+        return f"{CALIBRATION}-{self.codec}-ctx{self.context_tokens}"
 
 
 @dataclass(frozen=True)
@@ -133,22 +147,29 @@ ANSWERS: tuple[Answer, ...] = (
         "ask_slot_call_back",
         "ok_slot",
         ("Mardi matin.", "Plutôt mardi dans la matinée.", "Mardi matin, ce serait bien."),
-        (("slot", PRESENT),),
+        (("slot", {"day": "mardi", "period": "matin"}),),
     ),
     Answer(
         "slot_friday_afternoon",
         "ask_slot_call_back",
         "ok_slot",
         ("Vendredi après-midi.", "Le vendredi après-midi.", "Vendredi après-midi, ça me va."),
-        (("slot", PRESENT),),
+        (("slot", {"day": "vendredi", "period": "après-midi"}),),
     ),
     Answer(
         "slot_monday_evening",
         "ask_slot_call_back",
         "ok_slot",
         ("Lundi soir.", "Le lundi en fin de journée, vers dix-huit heures."),
-        (("slot", PRESENT),),
+        (("slot", {"day": "lundi", "period": "soir"}),),
     ),
+    # Hesitations: a pause inside the answer (the VAD may cut there; the dialog joins the turn).
+    Answer("owner_yes_hesitant", "ask_owner_house", "ok_proprio",
+           ("Oui, | je suis propriétaire.", "Euh, | oui, c'est ma maison.")),
+    Answer("heating_gas_hesitant", "ask_which_heating", "ok_heating",
+           ("Alors, | au gaz.", "On se chauffe | au gaz naturel."), (("heating", "gaz"),)),
+    Answer("callback_yes_hesitant", "ask_be_called_back", "ok_callback",
+           ("Oui, | vous pouvez me rappeler.", "Euh, | oui, d'accord."), ()),
     Answer("faq_free", "ask_owner_house", "faq3", ("C'est gratuit ?", "Combien ça coûte ?", "C'est payant ?")),
     Answer("faq_robot", "ask_which_heating", "faq5", ("Je parle à un robot ?", "Vous êtes un robot ?")),
     Answer("faq_who", "ask_zip_code", "faq1", ("Vous êtes qui ?", "C'est quelle société ?")),
@@ -169,107 +190,113 @@ class Clip:
         return np.asarray(samples, dtype=np.int16)
 
 
-def synthesize(text: str, voice: str, speed: int, out: Path) -> None:
-    """espeak-ng at 22.05 kHz, then sox to 16 kHz mono 16-bit."""
+def synthesize(text: str, voice: str, speed: int, out: Path, pause_s: float = 0.5) -> None:
+    """espeak-ng at 22.05 kHz, then sox to 16 kHz mono 16-bit; a hesitation's parts (" | ") are
+    spoken apart and joined by `pause_s` of silence."""
     if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
         raise RuntimeError("simulated callers need espeak-ng and sox (apt-get install espeak-ng sox)")
+    parts = [part.strip() for part in text.split("|") if part.strip()]
     with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "raw.wav"
-        subprocess.run(
-            ["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        subprocess.run(
-            ["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out)],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        spoken = []
+        for n, part in enumerate(parts):
+            raw, wav = Path(tmp) / f"raw{n}.wav", Path(tmp) / f"part{n}.wav"
+            subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), part],
+                           check=True, capture_output=True, timeout=60)
+            subprocess.run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(wav)],
+                           check=True, capture_output=True, timeout=60)
+            spoken.append(soundfile.read(str(wav), dtype="int16")[0])
+        gap = np.zeros(int(pause_s * SAMPLE_RATE), dtype=np.int16)
+        joined = spoken[0] if len(spoken) == 1 else np.concatenate([x for s in spoken for x in (s, gap)][:-1])
+        soundfile.write(str(out), joined, SAMPLE_RATE, subtype="PCM_16")
 
 
-Recognizer = Callable[[list[npt.NDArray[np.float32]]], list[str]]  # audio -> transcripts
+# audio -> transcripts, each heard with the context of the dialog state it answers
+Recognizer = Callable[[list[npt.NDArray[np.float32]], list[str]], list[str]]
 Classifier = Callable[[str, str], tuple[str, dict[str, Any]]]  # (text, state) -> (intent, slots)
 
 
-def build_phrasebook(
-    cache_dir: Path, recognize: Recognizer, classify: Classifier, answers: tuple[Answer, ...] = ANSWERS
-) -> dict[str, list[Clip]]:
-    """Synthesize every phrasing x voice, keep what the ASR + classifier understand as intended.
+def _audio_key(text: str, voice: str, speed: int, pause_s: float) -> str:
+    return hashlib.sha256(json.dumps([text, voice, speed, pause_s]).encode()).hexdigest()[:16]
 
-    The manifest remembers verdicts by content (text, voice, speed and the answer's expectation),
-    so a second build only loads. Returns answer key -> kept clips (possibly empty)."""
+
+def _judge_key(answer: Answer, calibration: Calibration) -> str:
+    return hashlib.sha256(json.dumps([calibration.name, answer.intent, answer.state, [list(s) for s in answer.slots]],
+                                     default=str).encode()).hexdigest()[:16]
+
+
+def _variants(answer: Answer) -> list[tuple[str, str, int, float]]:
+    out = []
+    for text in answer.phrases:
+        for n, (voice, speed) in enumerate(VOICES):
+            pause = HESITATION_PAUSES_S[n % len(HESITATION_PAUSES_S)] if "|" in text else 0.0
+            out.append((text, voice, speed, pause))
+    return out
+
+
+def build_phrasebook(cache_dir: Path, recognize: Recognizer, classify: Classifier,
+                     calibration: Calibration = Calibration(), answers: tuple[Answer, ...] = ANSWERS
+                     ) -> dict[str, list[Clip]]:
+    """Synthesize every phrasing x voice, keep what the ASR + classifier understand as intended
+    after the phone line of `calibration` (the recognizer applies it).
+
+    Audio is cached by content; the verdicts of each calibration have their own manifest, so a
+    second build only loads. Returns answer key -> kept clips (possibly empty)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = cache_dir / "manifest.json"
+    manifest_path = cache_dir / f"manifest-{calibration.name}.json"
     manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     todo: list[tuple[str, Answer, str, str, int, Path]] = []
     current: set[str] = set()
     for answer in answers:
-        for text in answer.phrases:
-            for voice, speed in VOICES:
-                key = hashlib.sha256(
-                    json.dumps(
-                        [CALIBRATION, text, voice, speed, answer.intent, answer.state, [list(s) for s in answer.slots]],
-                        default=str,
-                    ).encode()
-                ).hexdigest()[:16]
-                path = cache_dir / f"{answer.key}-{key}.wav"
-                current.add(key)
-                if key not in manifest or not path.exists():
-                    synthesize(text, voice, speed, path)
-                    todo.append((key, answer, text, voice, speed, path))
+        judged = _judge_key(answer, calibration)
+        for text, voice, speed, pause in _variants(answer):
+            audio_key = _audio_key(text, voice, speed, pause)
+            key = f"{audio_key}-{judged}"
+            path = cache_dir / f"{answer.key}-{audio_key}.wav"
+            current.add(key)
+            if not path.exists():
+                synthesize(text, voice, speed, path, pause or 0.5)
+            if key not in manifest:
+                todo.append((key, answer, text, voice, speed, path))
     if todo:
         audios = [soundfile.read(str(t[5]), dtype="float32")[0] for t in todo]
-        texts = recognize(audios)
-        for (key, answer, text, voice, speed, _path), heard in zip(todo, texts, strict=True):
+        texts = recognize(audios, [t[1].state for t in todo])
+        for (key, answer, text, voice, speed, path), heard in zip(todo, texts, strict=True):
             intent, slots = classify(heard, answer.state)
-            ok = intent == answer.intent and all(_slot_matches(slots.get(name), value) for name, value in answer.slots)
-            manifest[key] = {
-                "answer": answer.key,
-                "text": text,
-                "voice": voice,
-                "speed": speed,
-                "heard": heard,
-                "intent": intent,
-                "kept": ok,
-            }
-    # Verdicts of phrasings or judging rules no longer in use go, with their audio.
+            ok = intent == answer.intent and all(slot_matches(slots.get(name), value) for name, value in answer.slots)
+            manifest[key] = {"answer": answer.key, "text": text, "voice": voice, "speed": speed, "heard": heard,
+                             "intent": intent, "kept": ok, "file": path.name}
+    # Verdicts of phrasings or judging rules no longer in use go.
     for key in set(manifest) - current:
-        (cache_dir / f"{manifest.pop(key)['answer']}-{key}.wav").unlink(missing_ok=True)
+        manifest.pop(key)
     manifest_path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False, sort_keys=True))
-    book: dict[str, list[Clip]] = {a.key: [] for a in answers}
-    for key, entry in manifest.items():
-        if entry["kept"] and entry["answer"] in book:
-            path = cache_dir / f"{entry['answer']}-{key}.wav"
-            if path.exists():
-                book[entry["answer"]].append(Clip(entry["answer"], entry["text"], entry["voice"], entry["speed"], path))
+    book = _book(cache_dir, manifest)
     for answer_key, clips in book.items():
         if not clips:
-            log.warning(
-                "phrasebook: no variant of %r was understood as %s; callers will not use it",
-                answer_key,
-                ANSWERS_BY_KEY[answer_key].intent if answer_key in ANSWERS_BY_KEY else "?",
-            )
+            log.warning("phrasebook (%s): no variant of %r was understood as %s; callers will not use it",
+                        calibration.name, answer_key,
+                        ANSWERS_BY_KEY[answer_key].intent if answer_key in ANSWERS_BY_KEY else "?")
     return book
 
 
-def _slot_matches(found: Any, wanted: Any) -> bool:
-    if wanted == PRESENT:
-        return found is not None
+def _book(cache_dir: Path, manifest: dict[str, Any]) -> dict[str, list[Clip]]:
+    book: dict[str, list[Clip]] = {a.key: [] for a in ANSWERS}
+    for entry in manifest.values():
+        path = cache_dir / str(entry.get("file", ""))
+        if entry["kept"] and entry["answer"] in book and path.is_file():
+            book[entry["answer"]].append(Clip(entry["answer"], entry["text"], entry["voice"], entry["speed"], path))
+    return book
+
+
+def slot_matches(found: Any, wanted: Any) -> bool:
+    """Whether a slot the classifier found (or a lead holds) is the one meant."""
     if isinstance(wanted, dict):  # a callback slot: the day and period that were meant
         return isinstance(found, dict) and all(found.get(k) == v for k, v in wanted.items())
     return bool(found == wanted)
 
 
-def load_phrasebook(cache_dir: Path) -> dict[str, list[Clip]]:
-    """The clips a previous build kept (no synthesis, no ASR): what the PBX process uses."""
-    manifest_path = cache_dir / "manifest.json"
-    book: dict[str, list[Clip]] = {a.key: [] for a in ANSWERS}
+def load_phrasebook(cache_dir: Path, calibration: Calibration = Calibration()) -> dict[str, list[Clip]]:
+    """The clips a previous build kept for `calibration` (no synthesis, no ASR): what the PBX uses."""
+    manifest_path = cache_dir / f"manifest-{calibration.name}.json"
     if not manifest_path.exists():
-        return book
-    for key, entry in json.loads(manifest_path.read_text()).items():
-        path = cache_dir / f"{entry['answer']}-{key}.wav"
-        if entry["kept"] and entry["answer"] in book and path.exists():
-            book[entry["answer"]].append(Clip(entry["answer"], entry["text"], entry["voice"], entry["speed"], path))
-    return book
+        return {a.key: [] for a in ANSWERS}
+    return _book(cache_dir, json.loads(manifest_path.read_text()))

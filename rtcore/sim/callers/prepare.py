@@ -5,15 +5,46 @@ Both are cached."""
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from rtcore.runtime.config import Settings
+from rtcore.sim.callers.phrasebook import Calibration
 
 log = logging.getLogger(__name__)
+
+SIM_CALLS_FILE = "sim-calls.jsonl"  # in data_dir: every simulated call's scenario and intended lead
+
+
+class CallExpectations:
+    """Appends each finished simulated call (scenario, what was said, the lead it should give) to
+    a JSON-lines file, which the launch report and the understanding benchmark read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def read_expectations(path: Path) -> dict[str, dict[str, Any]]:
+    """call id -> its record, from a CallExpectations file (absent: none)."""
+    if not path.exists():
+        return {}
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {r["call_id"]: r for r in records}
+
+
+def calibration(settings: Settings) -> Calibration:
+    """The conditions the simulated callers' phrasebook is calibrated for."""
+    return Calibration(codec=settings.sim_caller_codec, context_tokens=settings.asr_context_tokens)
 
 
 def prepare_simulation(settings: Settings) -> dict[str, int]:
@@ -25,17 +56,19 @@ def prepare_simulation(settings: Settings) -> dict[str, int]:
     from rtcore.intents import default_classifier
     from rtcore.runtime.models import whisper_model_dir
     from rtcore.sim.callers.phrasebook import build_phrasebook
+    from rtcore.sim.telephony import telephone_band_float
 
-    installed = install_prompts(load_script(settings.dialog_script or None), settings.sim_sounds_path,
-                                settings.prompts_path, settings.tts_command)
+    script = load_script(settings.dialog_script or None)
+    installed = install_prompts(script, settings.sim_sounds_path, settings.prompts_path, settings.tts_command)
     for warning in installed.warnings:
         log.warning("%s", warning)
     engine: list[WhisperEngine] = []  # loaded only if something needs calibrating
     classifier = default_classifier()
 
-    def recognize(audios: list[npt.NDArray[np.float32]]) -> list[str]:
-        """As on a call: the clip between silences, cut by the live VAD and segmenter, each
-        utterance transcribed by the batcher; texts joined."""
+    def recognize(audios: list[npt.NDArray[np.float32]], states: list[str]) -> list[str]:
+        """As on a call: the clip through the phone line (sim_caller_codec), between silences, cut
+        by the live VAD and segmenter, each utterance transcribed by the batcher with the context
+        of the state it answers; texts joined."""
         from rtcore.vad.segmenter import SegmenterOptions, segment_streams
         from rtcore.vad.silero import BatchedVad, SileroVad
 
@@ -43,12 +76,14 @@ def prepare_simulation(settings: Settings) -> dict[str, int]:
             engine.append(WhisperEngine(WhisperOptions.from_settings(settings, whisper_model_dir(settings))))
         log.info("calibrating %d caller phrase variants with the shipped VAD, ASR and classifier", len(audios))
         before, after = np.zeros(9600, np.float32), np.zeros(16000, np.float32)
-        padded = [np.concatenate([before, a, after]) for a in audios]
+        padded = [np.concatenate([before, telephone_band_float(a, settings.sim_caller_codec), after]) for a in audios]
         spans = segment_streams(padded, SegmenterOptions.from_settings(settings),
                                 BatchedVad(SileroVad(), capacity=len(padded)))
         items = [(f"{i}:{j}", padded[i][u.start:u.end]) for i, us in enumerate(spans) for j, u in enumerate(us)]
+        contexts = {f"{i}:{j}": script.states[states[i]].asr_context if states[i] in script.states else ""
+                    for i, us in enumerate(spans) for j in range(len(us))}
         results = transcribe_offline(engine[0], BatchPolicy.from_settings(settings), items,
-                                     language=settings.asr_language)
+                                     language=settings.asr_language, contexts=contexts)
         return [" ".join(results[f"{i}:{j}"].text for j in range(len(us)) if not results[f"{i}:{j}"].hallucination)
                 for i, us in enumerate(spans)]
 
@@ -56,6 +91,6 @@ def prepare_simulation(settings: Settings) -> dict[str, int]:
         result = classifier.classify(text, state)
         return result.intent, dict(result.slots)
 
-    book = build_phrasebook(settings.model_cache_path / "phrasebook", recognize, classify)
+    book = build_phrasebook(settings.model_cache_path / "phrasebook", recognize, classify, calibration(settings))
     return {"prompts": len(installed.rendered), "phrase_variants": sum(len(c) for c in book.values()),
             "answers_usable": sum(1 for c in book.values() if c)}

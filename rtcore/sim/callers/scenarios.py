@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,57 @@ SCENARIOS: tuple[Scenario, ...] = (
         weight=0.5,
     ),
     Scenario("silent", {}, "abandoned", weight=0.3),
+    # Pauses inside answers ("Oui, [pause] je suis propriétaire."): the VAD may cut them in two.
+    Scenario("hesitant", _with(ask_owner_house=("say:owner_yes_hesitant",),
+                               ask_which_heating=("say:heating_gas_hesitant",),
+                               ask_be_called_back=("say:callback_yes_hesitant",)), "qualified", weight=1),
 )
+SCENARIOS_BY_NAME = {s.name: s for s in SCENARIOS}
 
 
-def pick_scenario(rng: random.Random, human_available: bool) -> Scenario:
-    choices = [s for s in SCENARIOS if human_available or not s.needs_human]
+def pick_scenario(rng: random.Random, human_available: bool, names: tuple[str, ...] = ()) -> Scenario:
+    """A weighted random scenario, among `names` if given (ValueError for an unknown one)."""
+    unknown = [n for n in names if n not in SCENARIOS_BY_NAME]
+    if unknown:
+        raise ValueError(f"unknown caller scenario(s) {', '.join(unknown)} (known: {', '.join(SCENARIOS_BY_NAME)})")
+    choices = [s for s in SCENARIOS if (not names or s.name in names) and (human_available or not s.needs_human)]
+    if not choices:
+        raise ValueError(f"no caller scenario to play among {', '.join(names)} without ../shared/audio/fr")
     return rng.choices(choices, weights=[s.weight for s in choices])[0]
+
+
+LEAD_FIELDS = ("zip_code", "owner", "heating", "callback", "slot")
+
+
+def intended_lead(outcome: str, answers: list[str], typed: str) -> dict[str, Any]:
+    """The lead a call should end with, from what its caller said (phrasebook answer keys, in
+    order: a later answer to the same question wins) and typed: outcome and every slot."""
+    from rtcore.sim.callers.phrasebook import ANSWERS_BY_KEY
+
+    lead: dict[str, Any] = {"outcome": outcome, **dict.fromkeys(LEAD_FIELDS)}
+    for key in answers:
+        answer = ANSWERS_BY_KEY.get(key)
+        if answer is None:
+            continue
+        slots = dict(answer.slots)
+        if answer.intent == "ok_zipcode":
+            lead["zip_code"] = slots.get("zip_code")
+        elif answer.intent in ("ok_proprio", "not_proprio"):
+            lead["owner"] = answer.intent == "ok_proprio"
+        elif answer.intent == "ok_heating":
+            lead["heating"] = slots.get("heating")
+        elif answer.intent in ("ok_callback", "no_callback"):
+            lead["callback"] = answer.intent == "ok_callback"
+        elif answer.intent == "ok_slot":
+            lead["slot"], lead["callback"] = slots.get("slot"), True
+    digits = "".join(d for d in typed if d.isdigit())
+    if len(digits) >= 5:
+        lead["zip_code"] = digits[-5:]
+    callback_states = ("ask_be_called_back", "ask_slot_call_back")
+    if outcome == "refused" and lead["callback"] is None and any(
+            ANSWERS_BY_KEY[k].state in callback_states for k in answers if k in ANSWERS_BY_KEY):
+        lead["callback"] = False  # refused at the callback questions: the engine records "no callback"
+    return lead
 
 
 @dataclass
