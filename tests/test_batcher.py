@@ -78,3 +78,35 @@ def test_flush_and_duplicates() -> None:
     assert b.add(req("x", 1.0, at=0.0)) and not b.add(req("x", 1.0, at=0.0))
     assert "x" in b and len(b) == 1
     assert [r.key for r in b.pop_due(now=0.0, flush=True)] == ["x"]
+
+
+def test_the_worker_gives_each_utterance_its_context() -> None:
+    import uuid
+
+    from rtcore.asr.whisper import BatchTiming, WhisperResult
+    from rtcore.asr.worker import AsrWorker
+    from rtcore.runtime.messages import UtteranceReady
+    from rtcore.runtime.ring import AudioRings, RingSpec
+
+    seen: list[list[str]] = []
+
+    class Engine:
+        def transcribe(self, audios, window_s, languages=None, while_waiting=None, contexts=None):  # type: ignore[no-untyped-def]
+            seen.append(list(contexts or []))
+            return ([WhisperResult("oui", -0.1, 0.0, 1.0, False) for _ in audios],
+                    BatchTiming(0.0, 0.0, window_s, len(audios)))
+
+    rings = AudioRings.create(RingSpec(f"rtcore.test{uuid.uuid4().hex[:8]}.1.rings", 2, 16000))
+    try:
+        worker = AsrWorker("asr-0", Engine(), BatchPolicy(batch_size=2, max_wait_s=0.0), rings)  # type: ignore[arg-type]
+        for n, context in enumerate(("Au gaz, au fioul.", "")):
+            lease = rings.allocate()
+            rings.write(lease, np.zeros(8000, dtype=np.int16))
+            assert worker.accept(UtteranceReady(utterance_id=f"u{n}", call_id=f"c{n}", slot=lease.slot,
+                                                generation=lease.generation, start_sample=0, end_sample=8000,
+                                                eos_at=0.0, context=context)) is None
+        transcripts = worker.run_due(flush=True)
+        assert [t.text for t in transcripts] == ["oui", "oui"] and seen == [["Au gaz, au fioul.", ""]]
+    finally:
+        rings.close()
+        rings.unlink()

@@ -462,3 +462,20 @@ async def test_speech_after_the_window_is_a_new_turn_and_a_missing_continuation_
         lead = rig.controller.calls[call_id].lead
         assert lead is not None and lead.heating == "gaz"
         assert [t.transcript for t in lead.turns[2:]] == ["Oui, je suis propriétaire.", "Au gaz."]
+
+
+async def test_the_dialog_tells_the_audio_path_what_it_expects_the_caller_to_say(rig: Rig) -> None:
+    from rtcore.runtime.messages import CallContext
+
+    call_id = await rig.call()
+    await rig.dialog(call_id, HAPPY[:1])
+    await rig.hears("ask_zip_code")
+
+    def contexts() -> list[str]:
+        return [m.context for m in rig.published if isinstance(m, CallContext) and m.call_id == call_id]
+
+    states = rig.script.states
+    await until(lambda: states["ask_zip_code"].asr_context in contexts())
+    assert contexts()[0] == states["init"].asr_context and "75011" in states["ask_zip_code"].asr_context
+    rig.controller.reannounce()  # a restarted VAD learns it again
+    assert contexts()[-1] == states["ask_zip_code"].asr_context

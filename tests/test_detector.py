@@ -154,3 +154,20 @@ def test_ended_or_reused_calls_are_forgotten(model: SileroVad, rings: AudioRings
     rings.write(new, pcm[:16000])
     assert detector.tick() == []
     assert "other" not in detector.calls
+
+
+def test_utterances_carry_their_calls_context_even_when_it_came_before_the_call(
+        model: SileroVad, rings: AudioRings, pcm: np.ndarray) -> None:
+    from rtcore.runtime.messages import CallContext
+
+    clock = FakeClock()
+    detector = UtteranceDetector(rings, BatchedVad(model, capacity=1), SegmenterOptions(), clock=clock)
+    detector.handle(CallContext(call_id="call-a", context="Au gaz, au fioul."))  # before its CallStarted
+    lease = start(detector, rings, "call-a")
+    first = [m for m in feed(detector, rings, lease, pcm[:16000 * 12], clock) if isinstance(m, UtteranceReady)]
+    detector.handle(CallContext(call_id="call-a", context="Oui, je suis propriétaire."))
+    later = [m for m in feed(detector, rings, lease, pcm[16000 * 12:16000 * 24], clock) if isinstance(m, UtteranceReady)]
+    assert first and {m.context for m in first} == {"Au gaz, au fioul."}
+    assert later and {m.context for m in later} == {"Oui, je suis propriétaire."}
+    detector.handle(CallEnded(call_id="call-a", slot=lease.slot, generation=lease.generation))
+    assert "call-a" not in detector.contexts

@@ -101,3 +101,25 @@ def test_transcribe_command_json(tmp_path) -> None:  # type: ignore[no-untyped-d
     assert len(first["utterances"]) == 1 and set(first["utterances"][0]) == {"start", "end", "text"}
     assert first["utterances"][0]["text"] == first["text"]
     assert second["file"] == str(leopard) and "conservateur" in second["text"].lower()
+
+
+def test_a_context_becomes_the_previous_text_of_the_decoder_at_a_fixed_length(engine: WhisperEngine) -> None:
+    tokenizer = engine.tokenizer
+    plain = engine.prompt_for("fr")
+    with_context = engine.prompt_for("fr", "Au gaz, au fioul, à l'électricité, au bois.")
+    short = engine.prompt_for("fr", "Oui.")
+    long = engine.prompt_for("fr", " ".join(["Lundi, mardi, mercredi, jeudi, vendredi, samedi."] * 5))
+    size = engine.options.context_tokens
+    for prompt in (with_context, short, long):
+        assert prompt[0] == tokenizer.sot_prev and prompt[-len(plain):] == plain
+        assert len(prompt) == 1 + size + len(plain)  # the transcript starts at the same place in a batch
+    assert tokenizer.decode(with_context[1:1 + size]).count("gaz") >= 1
+
+
+def test_items_with_and_without_context_are_transcribed_in_one_call(engine: WhisperEngine) -> None:
+    """CTranslate2 refuses prompts of different lengths in one generate: they are decoded apart."""
+    from rtcore.sim.telephony import telephone_band_float
+
+    audio = telephone_band_float(load_audio(require_shared_audio("cheetah_test_fr.wav"))[:16000 * 4], "ulaw")
+    results, timing = engine.transcribe([audio, audio], 10.0, contexts=["", "Les deux autres sont situés."])
+    assert timing.batch_size == 2 and all(r.text for r in results)

@@ -2,9 +2,10 @@
 
 Each rule was measured on what rtcore hears of real callers: French speech through the telephone
 band (8 kHz G.711, resampled to 16 kHz) and noise (README, "Filters"):
-- no speech: Whisper's no-speech probability over `no_speech_threshold` with a mean log-probability
-  under `logprob_threshold` (both needed: a real answer heard badly over a phone line can have a
-  no-speech probability over 0.5);
+- no speech: Whisper's no-speech probability over `no_speech_threshold` (0.6) with a mean
+  log-probability under `logprob_threshold` (-1), or over `no_speech_doubt` (0.5) with one under
+  `doubt_logprob_threshold` (-1.4): a real answer heard badly over a phone line can have a no-speech
+  probability over 0.5, wide-band hiss one under 0.6;
 - a loop: a compression ratio over `compression_ratio_threshold`, or a word (not a number, "oui" or
   "non", which callers do say three times) or a phrase said three times or more that makes up a
   good part of the text ("3, 4, 3, 4, 3, 4", "à l'élection de l'élection de l'élection");
@@ -87,14 +88,35 @@ def wrong_language(text: str, language: str) -> bool:
     return english >= 1 and english > french and english >= 0.3 * len(tokens)
 
 
+ECHO_RUN = 3  # words in a row taken from the context...
+ECHO_SHARE = 0.6  # ...making up this share of the text: Whisper copied its prompt instead of listening
+
+
+def echoes(text: str, context: str) -> bool:
+    """Whether `text` is mostly the context repeated ("mardi, mercredi, le matin" after a context
+    listing days): Whisper given a previous text copies it when it cannot make out the speech."""
+    said, prompt = words(text), words(context)
+    if len(said) < ECHO_RUN or len(prompt) < ECHO_RUN:
+        return False
+    runs = {tuple(prompt[i:i + ECHO_RUN]) for i in range(len(prompt) - ECHO_RUN + 1)}
+    copied = [False] * len(said)
+    for i in range(len(said) - ECHO_RUN + 1):
+        if tuple(said[i:i + ECHO_RUN]) in runs:
+            copied[i:i + ECHO_RUN] = [True] * ECHO_RUN
+    return sum(copied) >= ECHO_SHARE * len(said)
+
+
 def flag(text: str, avg_logprob: float, no_speech_prob: float, *, language: str, no_speech_threshold: float,
-         logprob_threshold: float, compression_ratio_threshold: float) -> str:
+         logprob_threshold: float, compression_ratio_threshold: float, no_speech_doubt: float = 1.0,
+         doubt_logprob_threshold: float = -99.0) -> str:
     """Why `text` is not to be taken as the caller's words ("" when it is)."""
     lowered = text.lower()
-    if not text.strip():
+    if not words(text):  # nothing but punctuation ("...") is what Whisper writes over some noise
         return "empty"
     if no_speech_prob > no_speech_threshold and avg_logprob < logprob_threshold:
         return "no speech"  # Whisper's own rule for a silent window
+    if no_speech_prob > no_speech_doubt and avg_logprob < doubt_logprob_threshold:
+        return "no speech"  # probably silent, and unsure of its words
     if compression_ratio(text) > compression_ratio_threshold or is_loop(text):
         return "repetition"
     if any(phrase in lowered for phrase in KNOWN_HALLUCINATIONS):

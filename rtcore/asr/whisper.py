@@ -22,7 +22,7 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     from rtcore.runtime.config import Settings
 
-from rtcore.asr.filters import compression_ratio, flag
+from rtcore.asr.filters import compression_ratio, echoes, flag
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,16 @@ class WhisperOptions:
     # repetition loop is cut short instead of running to 448 tokens (French speech is 3 to 6
     # tokens per second; the padding after it holds none).
     max_tokens_per_s: float = 15.0
-    # Whisper's own rule is no_speech > 0.6 and avg_logprob < -1. On our French phone speech the
-    # no-speech probability of real utterances stayed <= 0.12 (54 OSR utterances) while hiss at
-    # -40 to -20 dBFS gave 0.59 to 0.76 with avg_logprob <= -1.46: 0.5 separates them with room.
-    no_speech_threshold: float = 0.5
+    # Whisper's own rule: no_speech > 0.6 and avg_logprob < -1. Measured through the telephone band
+    # (G.711 µ-law, `rtcore bench understanding`): 111 utterances of real French speech stayed at
+    # no-speech <= 0.17 (avg_logprob >= -1.14); white, pink, hum and babble noise at -50 to -20 dBFS
+    # that Whisper wrote words over had no-speech >= 0.68 (avg_logprob <= -1.48). 0.6 rejects all of
+    # that noise and leaves real speech a wide margin (a real answer at 0.55 was lost with 0.5).
+    # Wide-band hiss at -40 dBFS stays under it (0.58) but is far less sure of its words
+    # (avg_logprob -1.6): between 0.5 and 0.6, the bar for the log-probability is lower.
+    no_speech_threshold: float = 0.6
+    no_speech_doubt: float = 0.5
+    doubt_logprob_threshold: float = -1.4
     logprob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
     # An utterance's context (what the dialog expects the caller to say) is given to Whisper as
@@ -103,6 +109,7 @@ class WhisperEngine:
         self.tokenizer = Tokenizer(tokenizers.Tokenizer.from_file(str(tokenizer_file)),
                                    self.model.is_multilingual, task="transcribe", language=options.language)
         self.features = FeatureExtractor(feature_size=self.model.n_mels)
+        self.echoes = 0  # utterances heard again without their context (they copied it)
         self.prompt = list(self.tokenizer.sot_sequence) + [self.tokenizer.no_timestamps]
         self._prompts: dict[tuple[str, str], list[int]] = {(options.language, ""): self.prompt}
         log.info("Whisper %s on %s (%s), language %s, beam %d", model_dir.name, options.device,
@@ -190,6 +197,18 @@ class WhisperEngine:
                            float(max(p[2] for p in parts)), languages[i] if languages else "")
                for i, parts in enumerate(pieces)]
         timing = BatchTiming(t1 - t0, t2 - t1, window_s, len(mels))
+        # Given a context, Whisper sometimes copies it instead of listening: those are heard again
+        # without it (measured: README, "Context").
+        echoed = [i for i, r in enumerate(out) if contexts and contexts[i] and self.options.context_tokens
+                  and not r.hallucination and echoes(r.text, contexts[i])]
+        if echoed:
+            again, extra = self.transcribe([audios[i] for i in echoed], window_s,
+                                           [languages[i] for i in echoed] if languages else None, while_waiting)
+            for i, result in zip(echoed, again, strict=True):
+                out[i] = result
+            self.echoes += len(echoed)
+            timing = BatchTiming(timing.features_s + extra.features_s, timing.inference_s + extra.inference_s,
+                                 window_s, timing.batch_size)
         # A repetition loop usually means too little padding after the speech: retry those items
         # once with a longer window (as Whisper's own fallback retries a failed decode).
         loops = [i for i, r in enumerate(out) if r.reason == "repetition" and len(audios[i]) / SAMPLE_RATE < window_s]
@@ -208,7 +227,8 @@ class WhisperEngine:
         opts = self.options
         reason = flag(text, avg_logprob, no_speech_prob, language=language or opts.language,
                       no_speech_threshold=opts.no_speech_threshold, logprob_threshold=opts.logprob_threshold,
-                      compression_ratio_threshold=opts.compression_ratio_threshold)
+                      compression_ratio_threshold=opts.compression_ratio_threshold,
+                      no_speech_doubt=opts.no_speech_doubt, doubt_logprob_threshold=opts.doubt_logprob_threshold)
         return WhisperResult(text, avg_logprob, no_speech_prob, compression_ratio(text), bool(reason), reason)
 
 

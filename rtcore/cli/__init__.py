@@ -13,7 +13,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from rtcore.cli.running import cmd_bench_load, cmd_launch, cmd_serve
+from rtcore.cli.running import cmd_bench_load, cmd_bench_understanding, cmd_launch, cmd_serve
 from rtcore.cli.tools import (
     cmd_config,
     cmd_intent,
@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--duration", type=float, metavar="S",
                         help="place calls for S seconds, then let them finish (with --ari-url: stop after S s)")
     launch.add_argument("--json", metavar="PATH", help="write the final report as JSON")
+    launch.add_argument("--caller-codec", choices=["ulaw", "alaw", "slin16"], default=None,
+                        help="how simulated callers reach the embedded PBX (setting sim_caller_codec; default ulaw)")
     launch.set_defaults(func=cmd_launch)
 
     serve = sub.add_parser("serve", help="run the Whisper HTTP API with the batched ASR until Ctrl-C")
@@ -112,6 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--threads", help="sweep of asr_intra_threads, e.g. 1,2")
     load.add_argument("--beam", help="sweep of asr_beam_size, e.g. 1,5")
     load.set_defaults(func=cmd_bench_load)
+    understanding = bench_sub.add_parser(
+        "understanding", help="share of scripted phone calls ending with exactly the right lead, answer accuracy, WER")
+    understanding.add_argument("--scenarios", default="happy,tenant,refusal,faq_mid_flow,hesitant,barge_in",
+                               help="caller scenarios, played in turn")
+    understanding.add_argument("--calls-per-scenario", type=int, default=10, metavar="N")
+    understanding.add_argument("--concurrency", type=int, default=4, metavar="N", help="calls in progress at once")
+    understanding.add_argument("--contexts", default="32,0", help="asr_context_tokens values to compare (0: none)")
+    understanding.add_argument("--model-path", action="append", default=[], metavar="DIR",
+                               help="a CTranslate2 Whisper directory to compare with Whisper base (repeatable)")
+    understanding.add_argument("--caller-codec", choices=["ulaw", "alaw", "slin16"], default=None)
+    understanding.add_argument("--no-calls", action="store_true", help="only the offline measures (answers, WER)")
+    understanding.add_argument("--out", default="bench/results", metavar="DIR")
+    understanding.set_defaults(func=cmd_bench_understanding)
 
     transcribe = sub.add_parser(
         "transcribe", help="segment audio files with the VAD and transcribe them with the batched ASR"
@@ -136,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     intent.set_defaults(func=cmd_intent)
 
-    for p in (launch, serve, models, config, segment, transcribe, build, export, load, intent):
+    for p in (launch, serve, models, config, segment, transcribe, build, export, load, understanding, intent):
         _add_setting_flags(p)
     return parser
 

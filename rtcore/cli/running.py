@@ -21,6 +21,8 @@ def cmd_launch(args: argparse.Namespace, settings: Settings) -> int:
     from rtcore.runtime.logs import setup_logging
 
     setup_logging(settings, process="supervisor")
+    if args.caller_codec:
+        settings = settings.model_copy(update={"sim_caller_codec": args.caller_codec})
     stop_requested: list[int] = []
 
     def on_signal(signum: int, _frame: types.FrameType | None) -> None:
@@ -100,3 +102,23 @@ def cmd_bench_load(args: argparse.Namespace, settings: Settings) -> int:
     print((out / "load.md").read_text())
     print(f"wrote {out / 'load.json'}, {out / 'load.md'}, {out / 'load.png'}")
     return 0 if result["rows"] else 1
+
+
+def cmd_bench_understanding(args: argparse.Namespace, settings: Settings) -> int:
+    from rtcore.launch.understanding import run_understanding
+    from rtcore.runtime.logs import setup_logging
+
+    setup_logging(settings.model_copy(update={"log_level": "WARNING"}), process="bench")
+    if args.caller_codec:
+        settings = settings.model_copy(update={"sim_caller_codec": args.caller_codec})
+    shared = Path(__file__).resolve().parents[3] / "shared" / "audio" / "fr"  # ../shared beside the checkout
+    audio = Path(settings.sim_audio_dir) if settings.sim_audio_dir else shared
+    out = Path(args.out)
+    run_understanding(settings, out, scenarios=tuple(n.strip() for n in args.scenarios.split(",") if n.strip()),
+                      per_scenario=args.calls_per_scenario, concurrency=args.concurrency,
+                      context_tokens=tuple(int(v) for v in args.contexts.split(",")),
+                      model_paths=tuple(args.model_path) or ("",), calls=not args.no_calls,
+                      audio_dir=audio if audio.is_dir() else None)
+    print((out / "understanding.md").read_text())
+    print(f"wrote {out / 'understanding.json'}, {out / 'understanding.md'}")
+    return 0

@@ -117,9 +117,13 @@ def mentions_abroad(text: str | FoldedText) -> bool:
 
 # --- owner or tenant ------------------------------------------------------------------------------
 _NEGATIONS = frozenset({"pas", "non", "plus", "jamais", "ni"})
+# Someone else in the family, or the landlord: "chez mes parents", "c'est à mon frère".
+_RELATIVES = (r"(?:(?:beaux |grands )?parents|mere|pere|fille|fils|enfants|soeur|frere|oncle|tante|belle mere"
+              r"|beau pere|copain|copine)")
 _TENANT = re.compile(r"\b(?:je|on|nous) lou(?:e|ons)\b|\ben location\b|\bloyer\b|\bhlm\b|\blogement social\b"
-                     r"|\bheberge|\bchez (?:mes|ma|mon) (?:parents|mere|pere|fille|fils|enfants|copain|copine)\b"
-                     r"|\ba (?:mes|ma|mon) (?:parents|mere|pere|fille|fils|proprio)\b|\b(?:pas|plus) a (?:moi|nous)\b")
+                     r"|\bheberge|\bloge (?:par|chez)\b|\bchez (?:mes|ma|mon) " + _RELATIVES + r"\b"
+                     r"|\ba (?:mes|ma|mon) (?:" + _RELATIVES + r"|proprio|proprietaire)\b"
+                     r"|\b(?:pas|plus) a (?:moi|nous)\b|\bappartient a (?:mon|ma|mes|son|sa|ses|leur|un|une)\b")
 # "ma maison" alone is not ownership (tenants say it too); "c'est ma maison" in answer to the question is.
 _OWNER = re.compile(r"\bproprio\b|\ba (?:moi|nous)\b|\bm appartient\b|\bnous appartient\b|\bc est (?:ma|notre) maison\b"
                     r"|\bachete|\bun credit\b|\bon rembourse\b|\bhypotheque")
@@ -133,6 +137,19 @@ def _fuzzy_word(token: str, choices: tuple[str, ...], cutoff: float) -> bool:
     return len(token) >= 6 and process.extractOne(token, choices, scorer=fuzz.ratio, score_cutoff=cutoff) is not None
 
 
+# Whose the owner word is: "je suis (le) propriétaire" is the caller; "mon propriétaire", "c'est le
+# propriétaire qu'il faut appeler", "ma fille qui est propriétaire" someone else (the caller is not).
+_SPEAKER = frozenset({"je", "j", "suis", "sommes", "moi", "nous", "on"})
+_SOMEONE_ELSES = frozenset({"mon", "ma", "mes", "ton", "ta", "tes", "son", "sa", "ses", "notre", "votre", "vos",
+                            "leur", "leurs", "le", "la", "les", "du", "au", "aux"})
+
+
+def _someone_else(before: tuple[str, ...]) -> bool:
+    if any(t in _SPEAKER for t in before):
+        return False
+    return bool(before) and (before[-1] in _SOMEONE_ELSES or "qui" in before[-2:])
+
+
 def find_owner(text: str | FoldedText) -> bool | None:
     """True: owns the home; False: tenant or housed by someone else; None: not said."""
     folded = fold(text) if isinstance(text, str) else text
@@ -142,6 +159,8 @@ def find_owner(text: str | FoldedText) -> bool | None:
             continue
         before = tokens[max(0, index - 2):index]
         if token == "proprio" or _fuzzy_word(token, _OWNER_WORDS, 80):
+            if _someone_else(tokens[max(0, index - 3):index]):
+                return False
             return not any(t in _NEGATIONS for t in before)  # "non propriétaire", "pas proprio"
         if _fuzzy_word(token, _TENANT_WORDS, 80):
             # "Non, locataire." answers the question: only "pas"/"plus"/"jamais" negate a tenant.
@@ -167,7 +186,7 @@ _HEATING_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
                                    r"|\bclim\w* reversible|\bpompe chaleur")),
     ("bois", re.compile(r"\bbois\b|\bgranule|\bpellet|\bpoele|\bcheminee|\binsert\b|\bbuches?\b")),
     ("fioul", re.compile(r"\bfioul|\bfuel|\bmazout|\bfiol\b|\bfuil\b")),
-    ("gaz", re.compile(r"\bgaz\b|\bgas\b|\bgaze\b|\bpropane|\bbutane|\bgpl\b")),
+    ("gaz", re.compile(r"\bgaz\b|\bgas\b|\bgaze\b|\bpropane|\bbutane|\bgpl\b|\bau gars\b")),
     ("électricité", re.compile(r"\belectri|\bconvecteur|\bgrille pain|\binertie\b|\bedf\b")),
     ("autre", re.compile(r"\bsolaire|\bcharbon|\bcollectif|\breseau de chaleur|\bpetrole|\bautre chose\b")),
 )

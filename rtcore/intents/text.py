@@ -10,6 +10,7 @@ digits, which one integer value would lose (the leading zero of "zéro six deux 
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -49,6 +50,39 @@ def fold(text: str) -> FoldedText:
     spaced = _NON_WORD.sub(" ", _APOSTROPHES_AND_DASHES.sub(" ", lowered)).replace("?", " ")
     tokens = _TOKEN.findall(spaced)
     return FoldedText(tokens=tuple(t for t in tokens if t not in FILLERS), question=question)
+
+
+_CLAUSE_END = re.compile(r"[.,;:!?…]+")
+
+
+def clauses(text: str) -> list[FoldedText]:
+    """The transcript cut where Whisper put a punctuation mark, and before "mais", each part folded
+    (`question`: that part ends with a question mark); parts with no word left are dropped.
+    "Oui, mais c'est gratuit ?" -> ["oui", "c est gratuit" (question)]. Decimal and grouped numbers
+    ("75.011", "33,600") stay whole."""
+    lowered = text.lower()
+    parts: list[FoldedText] = []
+    start = 0
+    for match in _CLAUSE_END.finditer(lowered):
+        before = lowered[match.start() - 1:match.start()]
+        after = lowered[match.end():match.end() + 2].lstrip(" ")[:1]
+        if match.group() in (".", ",") and before.isdigit() and after.isdigit():
+            continue  # "75.011", "59, 000": a number Whisper punctuated
+        parts.extend(_split_on_mais(lowered[start:match.end()]))
+        start = match.end()
+    parts.extend(_split_on_mais(lowered[start:]))
+    return [part for part in parts if part.tokens]
+
+
+def _split_on_mais(piece: str) -> list[FoldedText]:
+    folded = fold(piece)
+    tokens = folded.tokens
+    cuts = [i for i, token in enumerate(tokens) if token == "mais" and i < len(tokens) - 1]
+    if not cuts:
+        return [folded]
+    bounds = [-1, *cuts, len(tokens)]  # each part starts after its "mais"
+    return [FoldedText(tokens=tokens[a + 1:b], question=folded.question and b == len(tokens))
+            for a, b in itertools.pairwise(bounds)]
 
 
 # --- spoken numbers -----------------------------------------------------------------------------

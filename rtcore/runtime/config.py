@@ -142,6 +142,9 @@ class Settings(BaseModel):
     sim_caller_codec: Literal["ulaw", "alaw", "slin16"] = Field(
         "ulaw", description="How simulated callers reach the PBX: ulaw or alaw (8 kHz G.711 over the phone network, as "
                             "real callers: their voice is band-limited and companded), slin16 (a wide-band caller).")
+    sim_calibration_context_tokens: int = Field(
+        -1, ge=-1, le=200, description="The ASR context the simulated callers' phrasebook is calibrated with; -1: "
+                                       "asr_context_tokens (a benchmark keeps the same callers while it varies that).")
     sim_scenarios: str = Field("", description="Comma-separated caller scenarios the embedded PBX picks from "
                                                "(happy, tenant, refusal, ...); empty: all, weighted.")
     sim_seed: int = Field(1, description="Seed of the simulated callers' choices (scenarios, numbers, pauses).")

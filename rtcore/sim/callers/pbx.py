@@ -130,7 +130,10 @@ class CallerPbx:
 
     # --- calls ----------------------------------------------------------------------------------
     async def place_call(self, scenario: Scenario | None = None) -> SimulatedCall:
-        scenario = scenario or pick_scenario(self.rng, bool(self.human_clips), self.scenarios)
+        if scenario is None and self.scenarios:  # the given scenarios in turn: even counts for a benchmark
+            name = self.scenarios[self.placed % len(self.scenarios)]
+            scenario = pick_scenario(self.rng, bool(self.human_clips), (name,))
+        scenario = scenario or pick_scenario(self.rng, bool(self.human_clips))
         number = f"06{self.rng.randrange(10**8):08d}"
         native = "slin16" if self.codec == "slin16" else self.codec
         channel_id = await self.sim.place_call(caller_number=number, native_format=native)

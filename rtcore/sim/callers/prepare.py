@@ -5,6 +5,8 @@ Both are cached."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -44,7 +46,20 @@ def read_expectations(path: Path) -> dict[str, dict[str, Any]]:
 
 def calibration(settings: Settings) -> Calibration:
     """The conditions the simulated callers' phrasebook is calibrated for."""
-    return Calibration(codec=settings.sim_caller_codec, context_tokens=settings.asr_context_tokens)
+    tokens = settings.sim_calibration_context_tokens
+    return Calibration(codec=settings.sim_caller_codec,
+                       context_tokens=settings.asr_context_tokens if tokens < 0 else tokens, judge=_classifier_print())
+
+
+def _classifier_print() -> str:
+    """The embedded classifier's code and examples: calibration verdicts hold only for them."""
+    import rtcore.intents
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(rtcore.intents.__file__).parent.glob("*.*")):
+        if path.suffix in (".py", ".yaml"):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def prepare_simulation(settings: Settings) -> dict[str, int]:
@@ -68,12 +83,14 @@ def prepare_simulation(settings: Settings) -> dict[str, int]:
     def recognize(audios: list[npt.NDArray[np.float32]], states: list[str]) -> list[str]:
         """As on a call: the clip through the phone line (sim_caller_codec), between silences, cut
         by the live VAD and segmenter, each utterance transcribed by the batcher with the context
-        of the state it answers; texts joined."""
+        of the state it answers; texts joined, as the dialog joins a turn cut at a pause."""
         from rtcore.vad.segmenter import SegmenterOptions, segment_streams
         from rtcore.vad.silero import BatchedVad, SileroVad
 
         if not engine:
-            engine.append(WhisperEngine(WhisperOptions.from_settings(settings, whisper_model_dir(settings))))
+            options = WhisperOptions.from_settings(settings, whisper_model_dir(settings))
+            options = dataclasses.replace(options, context_tokens=calibration(settings).context_tokens)
+            engine.append(WhisperEngine(options))
         log.info("calibrating %d caller phrase variants with the shipped VAD, ASR and classifier", len(audios))
         before, after = np.zeros(9600, np.float32), np.zeros(16000, np.float32)
         padded = [np.concatenate([before, telephone_band_float(a, settings.sim_caller_codec), after]) for a in audios]
