@@ -10,10 +10,9 @@ EXAMPLES: list[m.Message] = [
                   started_at=1.5),
     m.CallEnded(call_id="c1", slot=3, generation=7, reason="caller hung up", ended_at=2.5),
     m.ListenMode(call_id="c1", mode="ignore"),
-    m.CallContext(call_id="c1", context="Au gaz, au fioul, à l'électricité, au bois."),
     m.SpeechStarted(call_id="c1", slot=3, generation=7, start_sample=16000, at=3.25),
     m.UtteranceReady(utterance_id="c1-0001", call_id="c1", slot=3, generation=7, start_sample=16000,
-                     end_sample=48000, eos_at=4.0, context="Oui, je suis propriétaire."),
+                     end_sample=48000, eos_at=4.0),
     m.Transcript(utterance_id="c1-0001", call_id="c1", text="soixante-quinze zéro onze", avg_logprob=-0.3,
                  no_speech_prob=0.01, hallucination=False, eos_at=4.0, queue_ms=12.0, features_ms=3.0,
                  inference_ms=250.0, batch_size=6, worker="asr-0", published_at=4.5),
@@ -26,6 +25,9 @@ EXAMPLES: list[m.Message] = [
     m.ProcessFailed(process="asr-0", pid=43, error="ModelError: no model"),
     m.Heartbeat(process="vad", pid=42, seq=9, sent_at=5.0),
     m.Metrics(process="vad", values={"batch_size": 12.0, "tick_ms": 1.5}),
+    m.CallContext(call_id="c1", context="Au gaz, au fioul, à l'électricité, au bois."),
+    m.UtteranceReady(utterance_id="c1-0002", call_id="c1", slot=3, generation=7, start_sample=48000,
+                     end_sample=64000, eos_at=5.0, context="Oui, je suis propriétaire."),
 ]
 
 

@@ -166,6 +166,16 @@ ANSWERS: tuple[Answer, ...] = (
         ("Lundi soir.", "Le lundi en fin de journée, vers dix-huit heures."),
         (("slot", {"day": "lundi", "period": "soir"}),),
     ),
+    # A time of day alone: synthesized day names do not survive a phone line (0 of 48 variants).
+    Answer("slot_morning", "ask_slot_call_back", "ok_slot",
+           ("Plutôt le matin.", "Le matin, de préférence.", "Le matin, c'est mieux pour moi."),
+           (("slot", {"period": "matin"}),)),
+    Answer("slot_afternoon", "ask_slot_call_back", "ok_slot",
+           ("Plutôt l'après-midi.", "L'après-midi, ça m'arrange.", "De préférence l'après-midi."),
+           (("slot", {"period": "après-midi"}),)),
+    Answer("slot_evening", "ask_slot_call_back", "ok_slot",
+           ("Plutôt le soir.", "Le soir, après le travail.", "En soirée, de préférence."),
+           (("slot", {"period": "soir"}),)),
     # Hesitations: a pause inside the answer (the VAD may cut there; the dialog joins the turn).
     Answer("owner_yes_hesitant", "ask_owner_house", "ok_proprio",
            ("Oui, | je suis propriétaire.", "Euh, | oui, c'est ma maison.")),
