@@ -166,7 +166,8 @@ def test_utterances_carry_their_calls_context_even_when_it_came_before_the_call(
     lease = start(detector, rings, "call-a")
     first = [m for m in feed(detector, rings, lease, pcm[:16000 * 12], clock) if isinstance(m, UtteranceReady)]
     detector.handle(CallContext(call_id="call-a", context="Oui, je suis propriétaire."))
-    later = [m for m in feed(detector, rings, lease, pcm[16000 * 12:16000 * 24], clock) if isinstance(m, UtteranceReady)]
+    later = [m for m in feed(detector, rings, lease, pcm[16000 * 12:16000 * 24], clock)
+             if isinstance(m, UtteranceReady)]
     assert first and {m.context for m in first} == {"Au gaz, au fioul."}
     assert later and {m.context for m in later} == {"Oui, je suis propriétaire."}
     detector.handle(CallEnded(call_id="call-a", slot=lease.slot, generation=lease.generation))

@@ -1,12 +1,18 @@
-"""rtcore.intents: accuracy on the labelled test set, slots, state dependence, HTTP client, CLI.
+"""rtcore.intents: accuracy on the labelled sets, slots, state dependence, debug evidence, HTTP
+client, CLI.
 
-Run with `-s` to see the per-intent accuracy table.
+Three labelled sets (state<TAB>text<TAB>intent): intents_test.tsv (written before the examples),
+intents_dev.tsv (what the classifier is tuned on) and intents_holdout.tsv (written before tuning,
+never tuned on: its test prints aggregate figures only, never its misclassified lines). Run with
+`-s` to see the per-intent accuracy tables.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import socket
 import time
 from collections import defaultdict
@@ -30,19 +36,55 @@ from rtcore.intents.slots import (
     mentions_abroad,
     zip_code_from_dtmf,
 )
-from rtcore.intents.text import fold
+from rtcore.intents.text import clauses, fold
+from rtcore.intents.topics import topics_said
 
-TEST_SET = Path(__file__).parent / "data" / "intents_test.tsv"
-MIN_ACCURACY = 0.85
+DATA = Path(__file__).parent / "data"
+TEST_SET = DATA / "intents_test.tsv"
+DEV_SET = DATA / "intents_dev.tsv"
+HOLDOUT_SET = DATA / "intents_holdout.tsv"
+# Behaviour thresholds: the holdout's is the requirement; the test and dev sets' are their
+# figures when the classifier was last tuned (98.3 % and 97.5 %) minus a margin.
+MIN_ACCURACY = 0.97
+MIN_DEV_ACCURACY = 0.96
+MIN_HOLDOUT_ACCURACY = 0.95
 
 
-def load_test_set() -> list[tuple[str, str, str]]:
+def load_test_set(path: Path = TEST_SET) -> list[tuple[str, str, str]]:
     rows = []
-    for line in TEST_SET.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             state, text, intent = line.split("\t")
             rows.append((state, text, intent))
     return rows
+
+
+def accuracy_table(classifier: IntentClassifier, path: Path, *, show_errors: bool) -> float:
+    """Prints per-intent accuracy on a labelled set (and its misclassified lines when asked)."""
+    rows = load_test_set(path)
+    per_intent: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    errors = []
+    started = time.perf_counter()
+    for state, text, expected in rows:
+        result = classifier.classify(text, state)
+        per_intent[expected][1] += 1
+        if result.intent == expected:
+            per_intent[expected][0] += 1
+        else:
+            errors.append(f"  [{state}] {text!r}: expected {expected}, got {result.intent} ({result.score:.2f})")
+    per_call_ms = (time.perf_counter() - started) / len(rows) * 1000
+    correct = sum(ok for ok, _ in per_intent.values())
+    accuracy = correct / len(rows)
+    print(f"\nintent accuracy on {path.name} ({per_call_ms:.2f} ms per call):")
+    print(f"  {'intent':<16} {'correct':>7} {'total':>5} {'accuracy':>8}")
+    for intent in INTENTS:
+        ok, total = per_intent[intent]
+        if total:
+            print(f"  {intent:<16} {ok:>7} {total:>5} {ok / total:>8.0%}")
+    print(f"  {'overall':<16} {correct:>7} {len(rows):>5} {accuracy:>8.1%}")
+    if show_errors:
+        print("misclassified:\n" + "\n".join(errors))
+    return accuracy
 
 
 @pytest.fixture(scope="module")
@@ -66,29 +108,38 @@ def test_test_set_is_well_formed_and_unseen(classifier: IntentClassifier) -> Non
     assert not copied, f"test lines equal to classifier examples: {copied}"
 
 
+def test_dev_and_holdout_are_well_formed_and_apart(classifier: IntentClassifier) -> None:
+    examples = {fold(p).text for phrases in classifier.examples.values() for p in phrases}
+    test_lines = {fold(text).text for _, text, _ in load_test_set(TEST_SET)}
+    dev = load_test_set(DEV_SET)
+    holdout = load_test_set(HOLDOUT_SET)
+    assert len(dev) >= 300 and len(holdout) >= 400
+    for rows in (dev, holdout):
+        for state, _text, intent in rows:
+            assert state in DIALOG_STATES and intent in INTENTS
+    counts: dict[str, int] = defaultdict(int)
+    for _state, _text, intent in holdout:
+        counts[intent] += 1
+    assert all(counts[intent] >= 5 for intent in INTENTS), counts
+    holdout_lines = {fold(text).text for _, text, _ in holdout}
+    # The holdout's lines are nowhere else: not examples (never copy them there), not dev or test lines.
+    assert not holdout_lines & examples, "holdout lines copied into the examples"
+    assert not holdout_lines & test_lines
+    assert not holdout_lines & {fold(text).text for _, text, _ in dev}
+    assert not {fold(text).text for _, text, _ in dev} & examples, "dev lines copied into the examples"
+
+
 def test_accuracy_on_test_set(classifier: IntentClassifier) -> None:
-    rows = load_test_set()
-    per_intent: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    errors = []
-    started = time.perf_counter()
-    for state, text, expected in rows:
-        result = classifier.classify(text, state)
-        per_intent[expected][1] += 1
-        if result.intent == expected:
-            per_intent[expected][0] += 1
-        else:
-            errors.append(f"  [{state}] {text!r}: expected {expected}, got {result.intent} ({result.score:.2f})")
-    per_call_ms = (time.perf_counter() - started) / len(rows) * 1000
-    correct = sum(ok for ok, _ in per_intent.values())
-    accuracy = correct / len(rows)
-    print(f"\nintent accuracy on {TEST_SET.name} ({per_call_ms:.2f} ms per call):")
-    print(f"  {'intent':<16} {'correct':>7} {'total':>5} {'accuracy':>8}")
-    for intent in INTENTS:
-        ok, total = per_intent[intent]
-        print(f"  {intent:<16} {ok:>7} {total:>5} {ok / total:>8.0%}")
-    print(f"  {'overall':<16} {correct:>7} {len(rows):>5} {accuracy:>8.1%}")
-    print("misclassified:\n" + "\n".join(errors))
-    assert accuracy >= MIN_ACCURACY
+    assert accuracy_table(classifier, TEST_SET, show_errors=True) >= MIN_ACCURACY
+
+
+def test_accuracy_on_dev_set(classifier: IntentClassifier) -> None:
+    assert accuracy_table(classifier, DEV_SET, show_errors=True) >= MIN_DEV_ACCURACY
+
+
+def test_accuracy_on_holdout(classifier: IntentClassifier) -> None:
+    # Aggregate figures only: the holdout's misclassified lines are never shown (nor tuned on).
+    assert accuracy_table(classifier, HOLDOUT_SET, show_errors=False) >= MIN_HOLDOUT_ACCURACY
 
 
 # --- zip codes -----------------------------------------------------------------------------------
@@ -237,6 +288,92 @@ def test_slots_in_results(classifier: IntentClassifier) -> None:
 def test_flat_answer_versus_flat_question(classifier: IntentClassifier) -> None:
     assert classifier.classify("j'habite en appartement", "ask_owner_house").intent == "not_proprio"
     assert classifier.classify("et en appartement j'y ai droit ?", "ask_owner_house").intent == "faq12"
+
+
+@pytest.mark.parametrize(("text", "intent"), [
+    ("Propriétaire, oui, mais d'un appartement.", "faq12"),  # an owner, of a flat: why flats are out
+    ("Oui, mais c'est un appartement en copropriété.", "faq12"),
+    ("Je suis locataire d'un appartement.", "not_proprio"),  # a tenant answers the question
+    ("Non, c'est mon frère qui est propriétaire.", "not_proprio"),  # someone else's ownership
+    ("Moi je ne suis pas locataire.", "ok_proprio"),  # negation
+])
+def test_owner_and_flat_rules(classifier: IntentClassifier, text: str, intent: str) -> None:
+    assert classifier.classify(text, "ask_owner_house").intent == intent
+
+
+def test_owner_of_someone_else() -> None:
+    assert find_owner("c'est ma fille qui est propriétaire") is False
+    assert find_owner("c'est le propriétaire qu'il faut appeler") is False
+    assert find_owner("la maison appartient à mon père") is False
+    assert find_owner("c'est moi la propriétaire") is True
+    assert find_owner("je suis le propriétaire") is True
+
+
+def test_question_after_a_yes_is_answered_first(classifier: IntentClassifier) -> None:
+    # The caller waits for the answer to what they asked last; the bot then asks again.
+    assert classifier.classify("Oui, mais c'est gratuit ?", "init").intent == "faq3"
+    assert classifier.classify("oui d'accord mais vous êtes qui", "ask_be_called_back").intent == "faq1"
+    # A yes with mumbled words after it is still a yes; "oui ?" on its own asks who is there.
+    assert classifier.classify("Oui, brr mlem plouf.", "ask_owner_house").intent == "ok_proprio"
+    assert classifier.classify("Allô, oui ?", "init").intent != "ok_eligibility"
+
+
+def test_topic_words_decide_between_look_alike_questions(classifier: IntentClassifier) -> None:
+    assert topics_said(fold("Le conseiller, c'est payant ?").text) == ["faq3"]
+    assert "faq23" in topics_said(fold("Les travaux commencent quand ?").text)
+    assert "faq7" not in topics_said(fold("Les travaux durent combien de temps ?").text)
+    assert topics_said(fold("Le match commence à quelle heure ?").text) == []
+    assert classifier.classify("Et le conseiller, il faut le payer ?", "ask_be_called_back").intent == "faq3"
+    assert classifier.classify("Le conseiller, c'est quelqu'un de chez vous ?", "ask_be_called_back").intent == "faq9"
+    # A question about an FAQ's topic is no answer to the heating question, though it names one.
+    result = classifier.classify("Avec le gaz, ma facture va baisser ?", "ask_which_heating")
+    assert result.intent == "faq15" and result.slots["heating"] == "gaz"
+
+
+def test_heating_by_sound_when_asked(classifier: IntentClassifier) -> None:
+    assert find_heating("au bwa", by_sound=True) == "bois"
+    assert find_heating("au fiou", by_sound=True) == "fioul"
+    assert find_heating("au bwa") is None  # only when the heating was asked for
+    assert find_heating("vous êtes quelle boîte", by_sound=True) is None
+    assert classifier.classify("Gazz.", "ask_which_heating").intent == "ok_heating"
+
+
+def test_callback_times_before_the_callback_question_mean_busy(classifier: IntentClassifier) -> None:
+    assert classifier.classify("Rappelez-moi demain, là je ne peux pas.", "init").intent == "busy"
+    assert classifier.classify("Vous me rappelez plus tard ?", "ask_zip_code").intent == "busy"
+    assert classifier.classify("Oui, rappelez-moi demain matin.", "ask_slot_call_back").intent == "ok_slot"
+
+
+def test_negated_callback_slot_is_a_slot_problem(classifier: IntentClassifier) -> None:
+    assert classifier.classify("Je ne peux ni le matin ni le soir.", "ask_slot_call_back").intent == "slot_problem"
+
+
+def test_clauses() -> None:
+    assert [(c.text, c.question) for c in clauses("Oui, mais c'est gratuit ?")] == [
+        ("oui", False), ("c est gratuit", True)]
+    assert [c.text for c in clauses("non mais laissez tomber")] == ["non", "laissez tomber"]
+    assert [c.text for c in clauses("C'est le 75.011, 33 600.")] == ["c est le 75 011 33 600"]
+
+
+def test_debug_log_shows_the_evidence(classifier: IntentClassifier, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="rtcore.intents.classifier")
+    classifier.classify("c'est gratuit ?", "init")
+    assert not [r for r in caplog.records if r.levelno == logging.DEBUG]  # nothing is built at INFO
+    caplog.set_level(logging.DEBUG, logger="rtcore.intents.classifier")
+    result = classifier.classify("Oui d'accord, mais c'est payant ?", "init")
+    assert result.intent == "faq3"
+    (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    # The decision, the nearest examples with their similarity and label, the clause rules, the
+    # state's bonus and the ranked scores.
+    assert message.startswith("intent faq3 (")
+    assert re.search(r"nearest: _yes 0\.\d\d \"Oui c'est d'accord\.\"; faq3 0\.\d\d ", message), message
+    assert "clause 'c est payant': faq3" in message and "final question faq3" in message
+    assert "state init: +0.08 to busy, not_interested, ok_eligibility" in message
+    assert "scores faq3 " in message
+    caplog.clear()
+    classifier.classify("c'est le 75011", "ask_zip_code")
+    (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert "zip code 75011 -> ok_zipcode 0.88" in message
 
 
 def test_zip_code_rules(classifier: IntentClassifier) -> None:

@@ -6,7 +6,8 @@ word boundaries: robust to Whisper's misspellings, "propriétère", "électrisit
 bigrams (robust to word order), each TF-IDF weighted, and compared by cosine with every example.
 An intent's similarity blends that of its nearest example with that of its centroid (the mean of
 its examples: what they have in common, "entreprise", "société" for faq1, weighs more than one
-example's wording). Then, because one word means different things after different questions:
+example's wording); "unknown" (anything else: chit-chat, noise) has no centroid and counts its
+nearest example alone. Then, because one word means different things after different questions:
 
 * a long answer is also compared clause by clause (cut at Whisper's punctuation and before
   "mais"), so that "Oui, [mumbled words]" is still a yes and a rambling answer is not diluted;
@@ -22,14 +23,19 @@ example's wording). Then, because one word means different things after differen
   not_in_france, a heating type asked for ok_heating, a day or period asked for ok_slot (unless
   negated: "ni le matin ni le soir"); ok_zipcode needs a valid zip code and ok_heating a heating
   type; before the callback questions, "rappelez-moi demain / plus tard" is busy;
+* a question's topic words (rtcore.intents.topics: "payant" for faq3, "délai" for faq23...) add a
+  small bonus to their FAQ, a tie-breaker between look-alike questions ("Le conseiller, c'est qui ?"
+  is faq9, "Le conseiller, c'est payant ?" faq3); a question whose topic is an FAQ's is no answer
+  to the heating or callback-time question even when it names one ("Ma facture de gaz va baisser ?");
 * flat versus faq12: in ask_owner_house, a tenant of a flat (or a caller who only says they live in
   one) answers the question (not_proprio: the campaign is for houses); an owner of a flat, or
   anyone asking whether flats or co-ownerships qualify (a question, "ça marche", "j'ai droit",
   "aussi"...), is faq12, in any state.
 
 Below `threshold` the answer is unknown. At DEBUG level (logger "rtcore.intents.classifier") every
-decision logs its evidence: nearest examples with their similarity, the clause and question rules,
-slot evidence, state bonus and vetoes.
+decision logs its evidence: the three nearest examples with their label and similarity, the clause
+and question rules, slot evidence and topic words, the state's bonus, vetoes and the best scores
+(built only when DEBUG is enabled).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ import yaml
 from rtcore.intents import slots as slot_extraction
 from rtcore.intents.base import DIALOG_STATES, FAQ_INTENTS, INTENTS, IntentResult
 from rtcore.intents.text import FoldedText, clauses, fold
+from rtcore.intents.topics import TOPICS, topic_said, topics_said
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +93,20 @@ _WORKS = re.compile(r"\btravaux\b|\bisol|\bfenetres?\b|\bchaudiere\b|\bchange|\b
                     r"|\bcombles\b|\bprime|\baides?\b|\bfait\b")
 _YES_WORDS: Final = frozenset({"oui", "ouais", "ouai", "si", "voui"})
 _LATER = re.compile(r"\bplus tard\b|\bune autre fois\b|\bun autre (?:jour|moment)\b")
-_CALL_ME = re.compile(r"\b(?:r|re)?appel|\brapel|\brecontact")
+# "Rappelez-moi", "vous me rappelez", "recontactez-moi": the caller asks to be called (not "je vous rappelle").
+_CALL_ME = re.compile(r"\b(?:r|re)?appel(?:ez|er|erez)\b|\brapel(?:ez|er)\b|\brecontact(?:ez|er)\b")
+_INNER_PUNCTUATION = re.compile(r"[.,;:!?…]")
+_ENDS: Final = " .,;:!?…"
+TOKEN_CACHE: Final = 4096  # words whose similarity vectors are kept (~4 KB each: <= 18 MB)
+SHORT_CLAUSE: Final = 3  # a clause of up to this many words may be a bare yes or no
 _NEGATED_SLOT = re.compile(r"\bni (?:le|la|l|les|en|au|a|dans|du)\b|\bjamais (?:le|la|l|en|du)\b")
 
 
 @dataclass(frozen=True, slots=True)
 class ClassifierOptions:
-    """Tuning of the classifier, chosen on the examples (leave-one-out) and the test and dev sets
-    (tests/data/intents_test.tsv, intents_dev.tsv; never the holdout): the similarity settings
-    (char_weight, char_token_norm, negation_span, centroid_weight, n-gram sizes, clause_weight) and
-    the threshold, bonuses and evidence scores."""
+    """Tuning of the classifier. The n-gram sizes, char_weight, char_token_norm and negation_span
+    were first chosen by leave-one-out over the examples; all settings were then checked on the
+    test and dev sets (tests/data/intents_test.tsv, intents_dev.tsv), never on the holdout."""
 
     examples_path: Path = EXAMPLES_PATH
     char_ngrams: tuple[int, int] = (2, 5)  # n-gram lengths inside " word " boundaries
@@ -103,6 +114,8 @@ class ClassifierOptions:
     char_token_norm: float = 0.5  # long words' n-grams weigh less each (see char_features)
     negation_span: int = 2  # words marked as negated after "pas", "jamais"...
     centroid_weight: float = 0.4  # share of the label centroid's similarity (the nearest example has the rest)
+    topic_bonus: float = 0.1  # added to the FAQs whose topic words were said (rtcore.intents.topics)
+    unknown_scale: float = 0.9  # unknown's score: this share of its nearest example's similarity
     clause_weight: float = 0.8  # a clause's similarity counts this much (0: clauses not compared)
     question_min: float = 0.45  # similarity a final question needs to be answered first
     clause_content_min: float = 0.45  # a yes/no clause stands alone when no clause matches better
@@ -114,7 +127,8 @@ class ClassifierOptions:
 
 
 class TfidfIndex:
-    """Sparse TF-IDF vectors of the examples, stored by feature (postings) for fast cosine."""
+    """Sparse TF-IDF vectors of the examples, stored by feature (postings), and the weighing of a
+    query in the same space."""
 
     def __init__(self, documents: list[dict[str, float]]) -> None:
         self.n_documents = len(documents)
@@ -168,24 +182,6 @@ class TfidfIndex:
 
     def weigh(self, counts: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
         return self.normalise(*self.lookup(counts))
-
-    def similarities(self, columns: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Cosine of a normalised query (distinct columns, weights) with every document."""
-        return sparse_dot(self.indptr, self.doc_ids, self.doc_weights, columns, weights, self.n_documents)
-
-
-def sparse_dot(indptr: np.ndarray, doc_ids: np.ndarray, doc_weights: np.ndarray, columns: np.ndarray,
-               weights: np.ndarray, n_documents: int) -> np.ndarray:
-    """Dot products of a sparse query with documents stored as postings (CSC by feature)."""
-    if len(columns) == 0:
-        return np.zeros(n_documents)
-    starts, ends = indptr[columns], indptr[columns + 1]
-    lengths = ends - starts
-    # Gather all postings of the query's features in one go, then sum per document.
-    offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-    positions = np.arange(int(lengths.sum())) + offsets
-    return np.bincount(doc_ids[positions], weights=doc_weights[positions] * np.repeat(weights, lengths),
-                       minlength=n_documents)
 
 
 def token_char_grams(token: str, sizes: tuple[int, int], token_norm: float = 0.0) -> dict[str, float]:
@@ -254,6 +250,7 @@ class _Evidence:
 
     slots: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
+    text: str = ""  # the folded transcript (topic words are looked for in it)
     vetoed: set[str] = field(default_factory=set)
     reasons: list[str] = field(default_factory=list)
 
@@ -279,7 +276,7 @@ class _Match:
 
 
 class IntentClassifier:
-    """classify(text, state) -> IntentResult. Build once per process (examples load in ~0.3 s)."""
+    """classify(text, state) -> IntentResult. Build once per process (~0.4 s for ~1100 examples)."""
 
     def __init__(self, options: ClassifierOptions | None = None) -> None:
         self.options = options or ClassifierOptions()
@@ -296,21 +293,32 @@ class IntentClassifier:
         self.example_labels = np.array(example_labels, dtype=np.int64)
         # Examples are grouped by label, so per-label maxima are one reduceat over label starts.
         self.label_starts = np.searchsorted(self.example_labels, np.arange(len(self.labels)))
+        self._unknown = self.labels.index("unknown")
         self.char_index = TfidfIndex([self._char_features(f) for f in folded_examples])
         self.word_index = TfidfIndex([self._word_features(f) for f in folded_examples])
         # Each label's centroid: what its examples have in common ("entreprise", "société" for faq1).
         char_centroids = self.char_index.centroids(self.example_labels, len(self.labels))
         word_centroids = self.word_index.centroids(self.example_labels, len(self.labels))
-        # Both feature spaces side by side (word columns after the character ones), so that a query
-        # is one gather over the postings and one over the centroids (features x labels).
+        # Both feature spaces side by side (word columns after the character ones), and the label
+        # centroids as documents after the examples: a query is one gather over these postings.
         char, word = self.char_index, self.word_index
         self._word_offset = len(char.vocabulary)
-        self._indptr = np.concatenate([char.indptr, char.indptr[-1] + word.indptr[1:]])
-        self._doc_ids = np.concatenate([char.doc_ids, word.doc_ids])
-        self._doc_weights = np.concatenate([char.doc_weights, word.doc_weights])
-        self._centroids = np.ascontiguousarray(np.hstack([char_centroids, word_centroids]).T)
-        # A token's character n-grams, looked up once: transcripts repeat the same words.
-        self._token_columns = functools.lru_cache(maxsize=1 << 16)(self._token_columns_uncached)
+        n_examples, n_columns = len(self.example_labels), len(char.vocabulary) + len(word.vocabulary)
+        centroids = np.hstack([char_centroids, word_centroids])  # labels x joint columns
+        centroid_labels, centroid_columns = np.nonzero(centroids)
+        columns = np.concatenate([np.repeat(np.arange(len(char.vocabulary)), np.diff(char.indptr)),
+                                  self._word_offset + np.repeat(np.arange(len(word.vocabulary)), np.diff(word.indptr)),
+                                  centroid_columns])
+        documents = np.concatenate([char.doc_ids, word.doc_ids, n_examples + centroid_labels])
+        weights = np.concatenate([char.doc_weights, word.doc_weights, centroids[centroid_labels, centroid_columns]])
+        order = np.lexsort((documents, columns))
+        self._indptr = np.zeros(n_columns + 1, dtype=np.int64)
+        self._indptr[1:] = np.cumsum(np.bincount(columns, minlength=n_columns))
+        self._doc_ids = documents[order]
+        self._doc_weights = weights[order]
+        # A word's character n-grams and their products with every example and centroid, computed
+        # once: callers repeat the same words, and the n-grams are most of a query's postings.
+        self._token_vector = functools.lru_cache(maxsize=TOKEN_CACHE)(self._token_vector_uncached)
         log.info("intent classifier: %d examples, %d labels, %d char and %d word features",
                  len(folded_examples), len(self.labels), len(self.char_index.vocabulary),
                  len(self.word_index.vocabulary))
@@ -322,47 +330,56 @@ class IntentClassifier:
     def _word_features(self, folded: FoldedText) -> dict[str, float]:
         return word_features(_matching_tokens(folded), folded.question, self.options.negation_span)
 
-    def _token_columns_uncached(self, token: str) -> tuple[np.ndarray, np.ndarray, float]:
-        return self.char_index.lookup(token_char_grams(token, self.options.char_ngrams, self.options.char_token_norm))
-
-    def _char_query(self, folded: FoldedText) -> tuple[np.ndarray, np.ndarray]:
-        parts = [self._token_columns(token) for token in _matching_tokens(folded)]
-        unseen = sum(part[2] for part in parts)
-        if len(parts) == 1:
-            return self.char_index.normalise(*parts[0])
-        columns, inverse = np.unique(np.concatenate([part[0] for part in parts]), return_inverse=True)
-        counts = np.bincount(inverse, weights=np.concatenate([part[1] for part in parts]), minlength=len(columns))
-        return self.char_index.normalise(columns, counts, unseen)
-
-    def _query(self, folded: FoldedText) -> tuple[np.ndarray, np.ndarray]:
-        """A transcript's columns and weights in the joint space (character then word features),
-        each space's share of the similarity folded into the weights."""
-        weight = self.options.char_weight
-        char_columns, char_weights = self._char_query(folded)
-        word_columns, word_weights = self.word_index.weigh(self._word_features(folded))
-        return (np.concatenate([char_columns, word_columns + self._word_offset]),
-                np.concatenate([weight * char_weights, (1.0 - weight) * word_weights]))
-
-    def similarities(self, texts: list[FoldedText]) -> tuple[np.ndarray, np.ndarray]:
-        """Similarity (weighted cosine, character and word) of each transcript with every example
-        (texts x examples), and with every label's centroid (texts x labels): one gather for all."""
-        queries = [self._query(folded) for folded in texts]
-        columns = np.concatenate([q[0] for q in queries])
-        weights = np.concatenate([q[1] for q in queries])
-        owner = np.repeat(np.arange(len(queries)), [len(q[0]) for q in queries])
-        n_examples = len(self.example_labels)
+    def _gather(self, columns: np.ndarray, weights: np.ndarray, owner: np.ndarray, n_texts: int) -> np.ndarray:
+        """Products (texts x documents) of the queries' weights with the joint postings; `owner`
+        says which text each (column, weight) is of."""
+        n_documents = len(self.example_labels) + len(self.labels)
         starts = self._indptr[columns]
         lengths = self._indptr[columns + 1] - starts
         offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
         positions = np.arange(int(lengths.sum())) + offsets
-        flat = np.repeat(owner, lengths) * n_examples + self._doc_ids[positions]
-        examples = np.bincount(flat, weights=self._doc_weights[positions] * np.repeat(weights, lengths),
-                               minlength=len(queries) * n_examples).reshape(len(queries), n_examples)
-        # Per text, the sum of its rows of (weight x centroid): differences of a running sum.
-        running = np.zeros((len(columns) + 1, len(self.labels)))
-        np.cumsum(self._centroids[columns] * weights[:, None], axis=0, out=running[1:])
-        bounds = np.cumsum([0, *(len(q[0]) for q in queries)])
-        return examples, running[bounds[1:]] - running[bounds[:-1]]
+        flat = np.repeat(owner, lengths) * n_documents + self._doc_ids[positions]
+        return np.bincount(flat, weights=self._doc_weights[positions] * np.repeat(weights, lengths),
+                           minlength=n_texts * n_documents).reshape(n_texts, n_documents)
+
+    def _token_vector_uncached(self, token: str) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+        """A word's character n-gram columns, their (not normalised) weights, its unseen n-grams'
+        count, and the products of those weights with every example and centroid."""
+        options = self.options
+        columns, counts, unseen = self.char_index.lookup(token_char_grams(token, options.char_ngrams,
+                                                                          options.char_token_norm))
+        weights = np.sqrt(counts) * self.char_index.weight[columns]
+        products = self._gather(columns, weights, np.zeros(len(columns), dtype=np.int64), 1)[0]
+        return columns, weights, unseen, products.astype(np.float32)  # half the cache's memory
+
+    def _char_products(self, folded: FoldedText) -> np.ndarray:
+        """Cosines of the transcript's character n-grams with every example and centroid: the sum of
+        its words' products, over the norm of their n-grams (a word's n-grams weigh the square root
+        of their count in it, summed over the words)."""
+        parts = [self._token_vector(token) for token in _matching_tokens(folded)]
+        unseen = sum(part[2] for part in parts) * self.char_index.unseen_weight ** 2
+        if len(parts) == 1:
+            weights = parts[0][1]
+            products = parts[0][3].astype(np.float64)
+        else:
+            _, inverse = np.unique(np.concatenate([part[0] for part in parts]), return_inverse=True)
+            weights = np.bincount(inverse, weights=np.concatenate([part[1] for part in parts]))
+            products = np.sum([part[3] for part in parts], axis=0, dtype=np.float64)
+        norm = math.sqrt(float(weights @ weights) + unseen)
+        return products / norm if norm else products
+
+    def similarities(self, texts: list[FoldedText]) -> tuple[np.ndarray, np.ndarray]:
+        """Similarity (weighted cosine, character and word) of each transcript with every example
+        (texts x examples), and with every label's centroid (texts x labels)."""
+        weight = self.options.char_weight
+        words = [self.word_index.weigh(self._word_features(folded)) for folded in texts]
+        columns = np.concatenate([w[0] for w in words]) + self._word_offset
+        owner = np.repeat(np.arange(len(texts)), [len(w[0]) for w in words])
+        products = (1.0 - weight) * self._gather(columns, np.concatenate([w[1] for w in words]), owner, len(texts))
+        for row, folded in enumerate(texts):
+            products[row] += weight * self._char_products(folded)
+        n_examples = len(self.example_labels)
+        return products[:, :n_examples], products[:, n_examples:]
 
     def example_similarities(self, folded: FoldedText) -> np.ndarray:
         """Similarity (weighted cosine, character and word) of the transcript with every example."""
@@ -372,46 +389,44 @@ class IntentClassifier:
         """Per text and label: its nearest example's similarity, blended with the label centroid's."""
         maxima = np.maximum.reduceat(examples, self.label_starts, axis=1)
         share = self.options.centroid_weight
-        return (1.0 - share) * maxima + share * centroids
-
-    def label_similarities(self, example_similarities: np.ndarray, centroids: np.ndarray | None = None
-                           ) -> dict[str, float]:
-        """Per label: its nearest example's similarity (blended with the centroid's, when given)."""
-        if centroids is None:
-            maxima = np.maximum.reduceat(example_similarities, self.label_starts)
-        else:
-            maxima = self._label_scores(example_similarities[None, :], centroids[None, :])[0]
-        return dict(zip(self.labels, maxima.tolist(), strict=True))
+        blended = (1.0 - share) * maxima + share * centroids
+        # "unknown" is anything else: its examples have nothing in common, its centroid means
+        # nothing; its nearest example counts alone (scaled to the blend's level).
+        blended[:, self._unknown] = self.options.unknown_scale * maxima[:, self._unknown]
+        return blended
 
     def match(self, text: str, folded: FoldedText, trace: bool = False) -> _Match:
         """Similarities of the whole transcript and, when it has several clauses, of each clause
         (weighted by clause_weight); notes the final clause when it is a question."""
         options = self.options
-        parts = clauses(text) if options.clause_weight and len(folded.tokens) >= 2 else []
-        if len(parts) < 2:
-            parts = []
-        examples, centroids = self.similarities([folded, *parts])
+        several = len(folded.tokens) >= 2 and ("mais" in folded.tokens or _INNER_PUNCTUATION.search(text.rstrip(_ENDS)))
+        parts = clauses(text) if options.clause_weight and several else []
+        # Only the clauses the rules below use are compared: short ones (a yes or a no) and a final
+        # question.
+        asks = len(parts) >= 2 and (parts[-1].question or not text.rstrip().endswith((".", "!")))
+        compared = [(index, part) for index, part in enumerate(parts)
+                    if len(parts) >= 2 and (len(part.tokens) <= SHORT_CLAUSE or asks and index == len(parts) - 1)]
+        examples, centroids = self.similarities([folded, *(part for _, part in compared)])
         scores = self._label_scores(examples, centroids)
         found = _Match(dict(zip(self.labels, scores[0].tolist(), strict=True)), examples[0])
-        if not parts:
+        if not compared:
             return found
         labels = found.labels
         yes_no = {YES: 0.0, NO: 0.0}
         weighted_scores = options.clause_weight * scores
-        for index, part in enumerate(parts, start=1):
-            part_labels = dict(zip(self.labels, scores[index].tolist(), strict=True))
+        for row, (index, part) in enumerate(compared, start=1):
+            part_labels = dict(zip(self.labels, scores[row].tolist(), strict=True))
             best = max(part_labels, key=lambda label: part_labels[label])
             if trace:
                 found.notes.append(f"clause {part.text!r}: {best} {part_labels[best]:.2f}")
-            for label, weighted in zip(self.labels, weighted_scores[index].tolist(), strict=True):
+            for label, weighted in zip(self.labels, weighted_scores[row].tolist(), strict=True):
                 if label in yes_no:
                     if not part.question:  # "Allô, oui ?" asks who is there; it answers nothing
                         yes_no[label] = max(yes_no[label], weighted)
                 elif label != "unknown" and weighted > labels[label]:
                     # A clause's chit-chat does not make the whole unknown; its intent counts.
                     labels[label] = weighted
-            if (index == len(parts) and best in QUESTIONS and part_labels[best] >= options.question_min
-                    and (part.question or not text.rstrip().endswith((".", "!")))):
+            if asks and index == len(parts) - 1 and best in QUESTIONS and part_labels[best] >= options.question_min:
                 found.final_question = (best, part_labels[best])
         # "Non, je ne suis pas intéressé": the "non" only stresses what follows; but in "Oui, [words
         # Whisper made up]" the yes is all that was understood.
@@ -471,10 +486,22 @@ class IntentClassifier:
             found.support("ok_proprio" if owner else "not_proprio", strength("ask_owner_house"),
                           "owner" if owner else "tenant")
 
-        heating = slot_extraction.find_heating(folded)
+        # "Ma facture de gaz va baisser ?" names a heating, but asks what an FAQ answers: the heating
+        # (or time) it names is no answer to the question just asked.
+        asks_faq: list[bool] = []
+
+        def asks() -> bool:
+            if not asks_faq:
+                asks_faq.append(bool(options.topic_bonus) and folded.question
+                                and any(topic != "which_help" for topic in topics_said(folded.text)))
+            return asks_faq[0]
+
+        heating = slot_extraction.find_heating(folded, by_sound=state == "ask_which_heating")
         if heating is not None:
             found.slots["heating"] = heating
-            found.support("ok_heating", strength("ask_which_heating"), f"heating {heating}")
+            in_question = asks()
+            found.support("ok_heating", options.evidence_off_state if in_question else strength("ask_which_heating"),
+                          f"heating {heating}" + (" in a question" if in_question else ""))
         else:
             found.vetoed.add("ok_heating")
         if "deja" in folded.tokens and (heating == "pompe à chaleur" or _WORKS.search(folded.text)):
@@ -486,14 +513,18 @@ class IntentClassifier:
         later = _LATER.search(folded.text) is not None
         if callback_slot is not None:
             found.slots["slot"] = callback_slot
-            if _NEGATED_SLOT.search(folded.text):
-                found.reasons.append("callback slot negated: no ok_slot evidence")
+            if _NEGATED_SLOT.search(folded.text):  # "ni le matin ni le soir": no time suits
+                found.support("slot_problem", strength("ask_slot_call_back"), "callback slot negated")
+                found.veto("ok_slot", "callback slot negated")
             elif state in BEFORE_CALLBACK and _CALL_ME.search(folded.text):
                 found.support("busy", options.evidence_in_state, "call me back at another time")
             else:
-                found.support("ok_slot", strength("ask_slot_call_back"), "callback slot")
+                in_question = asks()
+                found.support("ok_slot", options.evidence_off_state if in_question else strength("ask_slot_call_back"),
+                              "callback slot" + (" in a question" if in_question else ""))
         elif later and state in BEFORE_CALLBACK and _CALL_ME.search(folded.text):
             found.support("busy", options.evidence_in_state, "call me back later")
+        found.text = folded.text
         return found
 
     # --- decision --------------------------------------------------------------------------------
@@ -512,6 +543,15 @@ class IntentClassifier:
             expected = EXPECTED.get(state, frozenset())
             for intent in STATE_ANSWERS:
                 scores[intent] += options.state_bonus if intent in expected else -options.off_state_penalty
+        if options.topic_bonus:
+            # Topic words only break near ties: only the questions the bonus could bring first are looked for.
+            leading = max(score for intent, score in scores.items() if intent not in found.vetoed)
+            said = [topic for topic in TOPICS if scores[topic] + options.topic_bonus > leading
+                    and topic_said(topic, found.text)]
+            for topic in said:
+                scores[topic] += options.topic_bonus
+            if said and trace is not None:
+                trace.append(f"topic words of {', '.join(said)}: +{options.topic_bonus}")
         if final_question is not None:
             # It ends with a question the script answers: that is what the caller waits for.
             question, similarity = final_question

@@ -184,7 +184,7 @@ def mentions_flat(text: str | FoldedText) -> bool:
 _HEATING_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     ("pompe à chaleur", re.compile(r"\bpompes? (?:a|de) chaleur|\bpac\b|\baerotherm|\bgeotherm|\bthermodynamique"
                                    r"|\bclim\w* reversible|\bpompe chaleur")),
-    ("bois", re.compile(r"\bbois\b|\bgranule|\bpellet|\bpoele|\bcheminee|\binsert\b|\bbuches?\b")),
+    ("bois", re.compile(r"\bbois\b|\bau boa\b|\bgranule|\bpellet|\bpoele|\bcheminee|\binsert\b|\bbuches?\b")),
     ("fioul", re.compile(r"\bfioul|\bfuel|\bmazout|\bfiol\b|\bfuil\b")),
     ("gaz", re.compile(r"\bgaz\b|\bgas\b|\bgaze\b|\bpropane|\bbutane|\bgpl\b|\bau gars\b")),
     ("électricité", re.compile(r"\belectri|\bconvecteur|\bgrille pain|\binertie\b|\bedf\b")),
@@ -196,8 +196,41 @@ _HEATING_FUZZY: Final[dict[str, str]] = {"electricite": "électricité", "electr
 _HEATING_FUZZY_WORDS: Final = tuple(_HEATING_FUZZY)
 
 
-def find_heating(text: str | FoldedText) -> str | None:
-    """One of HEATING_TYPES: the highest-priority heating said and not negated ("plus de fioul")."""
+_SOUNDS: Final = (("eau", "o"), ("au", "o"), ("oi", "wa"), ("ou", "u"), ("ph", "f"), ("y", "i"))
+_DOUBLED = re.compile(r"(.)\1+")
+_SILENT_END = re.compile(r"(?<=...)(?:e|s|t|x|d)$")
+
+
+def sound_key(token: str) -> str:
+    """A rough French spelling-to-sound key: "bois", "boit", "bwa" -> "bwa"; "fioul", "fiool" ->
+    "fiul", "fiol". Whisper spells what it heard of a word it did not recognise."""
+    for spelled, sound in _SOUNDS:
+        token = token.replace(spelled, sound)
+    return _SILENT_END.sub("", _DOUBLED.sub(r"\1", token))
+
+
+# Short heating words and their sound keys: matched by sound only when the heating was asked for.
+_HEATING_SOUNDS: Final = {sound_key(word): heating for word, heating in (
+    ("gaz", "gaz"), ("fioul", "fioul"), ("fuel", "fioul"), ("bois", "bois"), ("mazout", "fioul"))}
+
+
+def _heating_by_sound(token: str) -> str | None:
+    if len(token) < 3:
+        return None
+    key = sound_key(token)
+    for word_key, heating in _HEATING_SOUNDS.items():
+        if key[0] != word_key[0]:  # the first sound is the one Whisper gets right ("quel" is not "fuel")
+            continue
+        if key == word_key or (len(key) >= 3 and word_key.startswith(key)) or (
+                len(key) >= 4 and len(word_key) >= 4 and fuzz.ratio(key, word_key) >= 75):
+            return heating
+    return None
+
+
+def find_heating(text: str | FoldedText, *, by_sound: bool = False) -> str | None:
+    """One of HEATING_TYPES: the highest-priority heating said and not negated ("plus de fioul").
+    `by_sound` (when the heating was asked for) also takes words that sound like one ("au bwa",
+    "au fiou")."""
     folded = fold(text) if isinstance(text, str) else text
     joined = folded.text
     found: list[str] = []
@@ -208,10 +241,12 @@ def find_heating(text: str | FoldedText) -> str | None:
             (negated if any(t in ("pas", "plus") for t in before) else found).append(heating)
     if not found and not negated:
         for token in folded.tokens:
-            if len(token) >= 6:
-                hit = process.extractOne(token, _HEATING_FUZZY_WORDS, scorer=fuzz.ratio, score_cutoff=82)
-                if hit is not None:
-                    found.append(_HEATING_FUZZY[hit[0]])
+            hit = (process.extractOne(token, _HEATING_FUZZY_WORDS, scorer=fuzz.ratio, score_cutoff=82)
+                   if len(token) >= 6 else None)
+            if hit is not None:
+                found.append(_HEATING_FUZZY[hit[0]])
+            elif by_sound and (sounded := _heating_by_sound(token)) is not None:
+                found.append(sounded)
     # Priority order, not order of speech: "pompe à chaleur électrique" is a heat pump.
     for heating, _ in _HEATING_PATTERNS:
         if heating in found:

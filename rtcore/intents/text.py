@@ -26,9 +26,12 @@ _TOKEN = re.compile(r"[a-z0-9]+")
 _LIGATURES = str.maketrans({"œ": "oe", "æ": "ae", "Œ": "oe", "Æ": "ae"})
 
 
+# Combining marks (accents, cedilla...) once a text is decomposed (NFD).
+_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+")
+
+
 def strip_accents(text: str) -> str:
-    decomposed = unicodedata.normalize("NFD", text.translate(_LIGATURES))
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return _COMBINING.sub("", unicodedata.normalize("NFD", text.translate(_LIGATURES)))
 
 
 @dataclass(frozen=True, slots=True)
