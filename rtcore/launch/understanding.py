@@ -321,13 +321,15 @@ def run_understanding(settings: Settings, out: Path, *, scenarios: tuple[str, ..
 
 def markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
-    lines = ["| model | context | codec | intent acc. | intent+slots acc. | real speech WER | exact leads |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | context | codec | answers | intent acc. | intent+slots acc. | ASR s | real speech WER "
+             "| exact leads |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         wer = r.get("real_speech") or {}
         calls = r.get("calls") or {}
         lines.append(f"| {r['model']} | {r['context_tokens'] or 'none'} | {r['caller_codec']} | "
+                     f"{r['answers']['answers']} | "
                      f"{r['answers']['intent_accuracy']:.1%} | {r['answers']['intent_and_slots_accuracy']:.1%} | "
+                     f"{r['answers']['asr_seconds']} | "
                      f"{wer.get('wer', float('nan')):.1%} | "
                      f"{calls.get('exact_share', float('nan')):.1%} of {calls.get('calls', 0)} |")
     scenario_names = sorted({name for r in rows for name in (r.get("calls") or {}).get("scenarios", {})})

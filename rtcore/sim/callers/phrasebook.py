@@ -35,7 +35,7 @@ VOICES = (("fr+klatt", 110), ("fr+klatt4", 110), ("fr+klatt4", 135), ("fr", 110)
 
 
 # Changes when the way variants are judged changes, so that old verdicts are not reused.
-CALIBRATION = "telephone-v4"
+CALIBRATION = "telephone-v5"
 # The pause inside a hesitation (" | "), by variant: natural pauses of 0.3 to 0.8 s.
 HESITATION_PAUSES_S = (0.35, 0.5, 0.65, 0.8)
 
@@ -223,8 +223,14 @@ def synthesize(text: str, voice: str, speed: int, out: Path, pause_s: float = 0.
         soundfile.write(str(out), joined, SAMPLE_RATE, subtype="PCM_16")
 
 
-# audio -> transcripts, each heard with the context of the dialog state it answers
-Recognizer = Callable[[list[npt.NDArray[np.float32]], list[str]], list[str]]
+# (audio, states, hearing) -> transcripts, each heard with the context of the dialog state it answers.
+# Hearing 0 is as calibrated before; each further hearing changes what a live call changes and
+# calibration does not control (where the speech starts against the VAD's 32 ms chunks, the window
+# the batcher pads it to, which utterances share its batch).
+Recognizer = Callable[[list[npt.NDArray[np.float32]], list[str], int], list[str]]
+# A variant is kept only when every hearing is understood as intended: a transcript that is
+# understood by luck (garbled words the state's prior happens to carry) flips on a live call.
+HEARINGS = 2
 Classifier = Callable[[str, str], tuple[str, dict[str, Any]]]  # (text, state) -> (intent, slots)
 
 
@@ -277,12 +283,19 @@ def build_phrasebook(cache_dir: Path, recognize: Recognizer, classify: Classifie
                 todo.append((key, answer, text, voice, speed, path))
     if todo:
         audios = [soundfile.read(str(t[5]), dtype="float32")[0] for t in todo]
-        texts = recognize(audios, [t[1].state for t in todo])
-        for (key, answer, text, voice, speed, path), heard in zip(todo, texts, strict=True):
-            intent, slots = classify(heard, answer.state)
-            ok = intent == answer.intent and all(slot_matches(slots.get(name), value) for name, value in answer.slots)
+        states = [t[1].state for t in todo]
+        hearings = [recognize(audios, states, hearing) for hearing in range(HEARINGS)]
+        for n, (key, answer, text, voice, speed, path) in enumerate(todo):
+            heard = [texts[n] for texts in hearings]
+            intents = []
+            ok = True
+            for each in heard:
+                intent, slots = classify(each, answer.state)
+                intents.append(intent)
+                ok = ok and intent == answer.intent and all(slot_matches(slots.get(name), value)
+                                                            for name, value in answer.slots)
             manifest[key] = {"answer": answer.key, "text": text, "voice": voice, "speed": speed, "heard": heard,
-                             "intent": intent, "kept": ok, "file": path.name}
+                             "intent": intents, "kept": ok, "file": path.name}
     # Verdicts of phrasings or judging rules no longer in use go.
     for key in set(manifest) - current:
         manifest.pop(key)

@@ -80,10 +80,12 @@ def prepare_simulation(settings: Settings) -> dict[str, int]:
     engine: list[WhisperEngine] = []  # loaded only if something needs calibrating
     classifier = default_classifier()
 
-    def recognize(audios: list[npt.NDArray[np.float32]], states: list[str]) -> list[str]:
+    def recognize(audios: list[npt.NDArray[np.float32]], states: list[str], hearing: int) -> list[str]:
         """As on a call: the clip through the phone line (sim_caller_codec), between silences, cut
         by the live VAD and segmenter, each utterance transcribed by the batcher with the context
-        of the state it answers; texts joined, as the dialog joins a turn cut at a pause."""
+        of the state it answers; texts joined, as the dialog joins a turn cut at a pause. A later
+        `hearing` starts the speech half a VAD chunk later, pads it to the next window up and
+        batches it with other utterances, as a live call may."""
         from rtcore.vad.segmenter import SegmenterOptions, segment_streams
         from rtcore.vad.silero import BatchedVad, SileroVad
 
@@ -91,15 +93,20 @@ def prepare_simulation(settings: Settings) -> dict[str, int]:
             options = WhisperOptions.from_settings(settings, whisper_model_dir(settings))
             options = dataclasses.replace(options, context_tokens=calibration(settings).context_tokens)
             engine.append(WhisperEngine(options))
-        log.info("calibrating %d caller phrase variants with the shipped VAD, ASR and classifier", len(audios))
-        before, after = np.zeros(9600, np.float32), np.zeros(16000, np.float32)
+        log.info("calibrating %d caller phrase variants with the shipped VAD, ASR and classifier (hearing %d)",
+                 len(audios), hearing + 1)
+        before, after = np.zeros(9600 + 256 * hearing, np.float32), np.zeros(16000, np.float32)
+        policy = BatchPolicy.from_settings(settings)
+        policy = dataclasses.replace(policy, margin_s=policy.margin_s + hearing * policy.step_s)
         padded = [np.concatenate([before, telephone_band_float(a, settings.sim_caller_codec), after]) for a in audios]
         spans = segment_streams(padded, SegmenterOptions.from_settings(settings),
                                 BatchedVad(SileroVad(), capacity=len(padded)))
         items = [(f"{i}:{j}", padded[i][u.start:u.end]) for i, us in enumerate(spans) for j, u in enumerate(us)]
+        if hearing % 2:
+            items.reverse()  # other batch neighbours
         contexts = {f"{i}:{j}": script.states[states[i]].asr_context if states[i] in script.states else ""
                     for i, us in enumerate(spans) for j in range(len(us))}
-        results = transcribe_offline(engine[0], BatchPolicy.from_settings(settings), items,
+        results = transcribe_offline(engine[0], policy, items,
                                      language=settings.asr_language, contexts=contexts)
         return [" ".join(results[f"{i}:{j}"].text for j in range(len(us)) if not results[f"{i}:{j}"].hallucination)
                 for i, us in enumerate(spans)]
