@@ -10,6 +10,7 @@ never tuned on: its test prints aggregate figures only, never its misclassified 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -44,7 +45,7 @@ TEST_SET = DATA / "intents_test.tsv"
 DEV_SET = DATA / "intents_dev.tsv"
 HOLDOUT_SET = DATA / "intents_holdout.tsv"
 # Behaviour thresholds: the holdout's is the requirement; the test and dev sets' are their
-# figures when the classifier was last tuned (98.3 % and 97.5 %) minus a margin.
+# figures when the classifier was last tuned (98.0 % and 97.3 %) minus a margin.
 MIN_ACCURACY = 0.97
 MIN_DEV_ACCURACY = 0.96
 MIN_HOLDOUT_ACCURACY = 0.95
@@ -374,6 +375,20 @@ def test_debug_log_shows_the_evidence(classifier: IntentClassifier, caplog: pyte
     classifier.classify("c'est le 75011", "ask_zip_code")
     (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert "zip code 75011 -> ok_zipcode 0.88" in message
+
+
+def test_a_near_tie_of_weak_readings_is_unknown(classifier: IntentClassifier,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    # Garbled words (Whisper over a phone line) that read as owner and tenant alike: the dialog must
+    # ask again, not end the call as not eligible.
+    garbled = "Je suis au taille et elle m'amène."
+    with caplog.at_level(logging.DEBUG, logger="rtcore.intents.classifier"):
+        assert classifier.classify(garbled, "ask_owner_house").intent == "unknown"
+    assert "too close to" in caplog.text
+    no_rule = IntentClassifier(dataclasses.replace(classifier.options, ambiguity_margin=0.0))
+    assert no_rule.classify(garbled, "ask_owner_house").intent != "unknown"
+    # A clear answer is not affected.
+    assert classifier.classify("Non, je suis locataire.", "ask_owner_house").intent == "not_proprio"
 
 
 def test_zip_code_rules(classifier: IntentClassifier) -> None:

@@ -300,17 +300,17 @@ def build_phrasebook(cache_dir: Path, recognize: Recognizer, classify: Classifie
     for key in set(manifest) - current:
         manifest.pop(key)
     manifest_path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False, sort_keys=True))
-    book = _book(cache_dir, manifest)
+    book = _book(cache_dir, manifest, answers)
     for answer_key, clips in book.items():
         if not clips:
             log.warning("phrasebook (%s): no variant of %r was understood as %s; callers will not use it",
                         calibration.name, answer_key,
-                        ANSWERS_BY_KEY[answer_key].intent if answer_key in ANSWERS_BY_KEY else "?")
+                        {a.key: a.intent for a in answers}[answer_key])
     return book
 
 
-def _book(cache_dir: Path, manifest: dict[str, Any]) -> dict[str, list[Clip]]:
-    book: dict[str, list[Clip]] = {a.key: [] for a in ANSWERS}
+def _book(cache_dir: Path, manifest: dict[str, Any], answers: tuple[Answer, ...] = ANSWERS) -> dict[str, list[Clip]]:
+    book: dict[str, list[Clip]] = {a.key: [] for a in answers}
     for entry in manifest.values():
         path = cache_dir / str(entry.get("file", ""))
         if entry["kept"] and entry["answer"] in book and path.is_file():

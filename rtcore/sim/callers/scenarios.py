@@ -45,7 +45,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("faq_mid_flow", _with(ask_owner_house=("say:faq_free",)), "qualified", weight=1.5),
     Scenario("barge_in", _HAPPY, "qualified", weight=1, barge_in="init"),
     Scenario("human_turn", _with(ask_which_heating=("human",)), "qualified", weight=1, needs_human=True),
-    Scenario("tenant", _with(ask_owner_house=("say:tenant",)), "not_eligible", weight=1),
+    # Asked again (not understood), a tenant is still a tenant.
+    Scenario("tenant", _with(ask_owner_house=("say:tenant",), ask_owner_house_again=("say:tenant",)), "not_eligible",
+             weight=1),
     Scenario("refusal", _with(init=("say:not_interested",), init_again=("say:not_interested",)), "refused", weight=1),
     Scenario("busy", _with(init=("say:busy",), init_again=("say:busy",)), "refused", weight=0.5),
     Scenario(
