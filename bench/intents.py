@@ -14,19 +14,11 @@ import os
 import time
 from pathlib import Path
 
+from rtcore.intents.base import read_labelled
 from rtcore.intents.classifier import default_classifier
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 SETS = ("intents_test.tsv", "intents_dev.tsv", "intents_holdout.tsv")
-
-
-def labelled(path: Path) -> list[tuple[str, str, str]]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            state, text, intent = line.split("\t")
-            rows.append((state, text, intent))
-    return rows
 
 
 def main() -> None:
@@ -38,7 +30,7 @@ def main() -> None:
     classifier = default_classifier()
     print(f"{'set':<22} {'lines':>6} {'accuracy':>9} {'sentences/s':>12} {'ms/sentence':>12} {'first pass/s':>13}")
     for name in SETS:
-        rows = labelled(DATA / name)
+        rows = read_labelled(DATA / name)
         classifier._token_vector.cache_clear()  # the first pass sees every word for the first time
         started = time.process_time()
         correct = sum(classifier.classify(text, state).intent == intent for state, text, intent in rows)

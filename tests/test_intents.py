@@ -25,7 +25,14 @@ from aiohttp import web
 
 from rtcore.cli import main as cli_main
 from rtcore.intents import INTENTS, IntentSource, intent_source
-from rtcore.intents.base import API_REQUEST_ERROR, DIALOG_STATES, JSON_DECODE_ERROR, REQUEST_TIMEOUT_ERROR, IntentResult
+from rtcore.intents.base import (
+    API_REQUEST_ERROR,
+    DIALOG_STATES,
+    JSON_DECODE_ERROR,
+    REQUEST_TIMEOUT_ERROR,
+    IntentResult,
+    read_labelled,
+)
 from rtcore.intents.classifier import EmbeddedIntentSource, IntentClassifier, default_classifier
 from rtcore.intents.http_client import HttpIntentClient, HttpIntentOptions, parse_answer
 from rtcore.intents.slots import (
@@ -52,12 +59,7 @@ MIN_HOLDOUT_ACCURACY = 0.95
 
 
 def load_test_set(path: Path = TEST_SET) -> list[tuple[str, str, str]]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            state, text, intent = line.split("\t")
-            rows.append((state, text, intent))
-    return rows
+    return read_labelled(path)
 
 
 def accuracy_table(classifier: IntentClassifier, path: Path, *, show_errors: bool) -> float:

@@ -7,6 +7,7 @@ dialog cannot tell one from the other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
 # Dialog states, in the order the bot asks its questions.
@@ -50,3 +51,14 @@ class IntentSource(Protocol):
     """Anything that classifies a transcript in a dialog state: embedded classifier or HTTP API."""
 
     async def classify(self, text: str, state: str | None = None) -> IntentResult: ...
+
+
+def read_labelled(path: Path) -> list[tuple[str, str, str]]:
+    """A labelled set (tests/data/intents_*.tsv): one `state<TAB>text<TAB>intent` per line, `#`
+    comments and blank lines skipped."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            state, text, intent = line.split("\t")
+            rows.append((state, text, intent))
+    return rows

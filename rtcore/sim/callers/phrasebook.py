@@ -284,18 +284,24 @@ def build_phrasebook(cache_dir: Path, recognize: Recognizer, classify: Classifie
     if todo:
         audios = [soundfile.read(str(t[5]), dtype="float32")[0] for t in todo]
         states = [t[1].state for t in todo]
-        hearings = [recognize(audios, states, hearing) for hearing in range(HEARINGS)]
+        heard: list[list[str]] = [[] for _ in todo]
+        intents: list[list[str]] = [[] for _ in todo]
+        ok = [True] * len(todo)
+        for hearing in range(HEARINGS):
+            pending = [n for n in range(len(todo)) if ok[n]]  # a variant misunderstood once is out
+            if not pending:
+                break
+            texts = recognize([audios[n] for n in pending], [states[n] for n in pending], hearing)
+            for n, text in zip(pending, texts, strict=True):
+                answer = todo[n][1]
+                intent, slots = classify(text, answer.state)
+                heard[n].append(text)
+                intents[n].append(intent)
+                ok[n] = intent == answer.intent and all(slot_matches(slots.get(name), value)
+                                                        for name, value in answer.slots)
         for n, (key, answer, text, voice, speed, path) in enumerate(todo):
-            heard = [texts[n] for texts in hearings]
-            intents = []
-            ok = True
-            for each in heard:
-                intent, slots = classify(each, answer.state)
-                intents.append(intent)
-                ok = ok and intent == answer.intent and all(slot_matches(slots.get(name), value)
-                                                            for name, value in answer.slots)
-            manifest[key] = {"answer": answer.key, "text": text, "voice": voice, "speed": speed, "heard": heard,
-                             "intent": intents, "kept": ok, "file": path.name}
+            manifest[key] = {"answer": answer.key, "text": text, "voice": voice, "speed": speed, "heard": heard[n],
+                             "intent": intents[n], "kept": ok[n], "file": path.name}
     # Verdicts of phrasings or judging rules no longer in use go.
     for key in set(manifest) - current:
         manifest.pop(key)
