@@ -34,3 +34,19 @@ def test_a_lead_matches_only_when_outcome_and_every_slot_are_the_intended_ones()
     assert not lead_matches(None, intended)
     extra = Lead(call_id="c", caller="", started_at=0.0, outcome="refused", heating="gaz")
     assert not lead_matches(extra, intended_lead("refused", ["not_interested"], ""))  # a slot nobody said
+
+
+def test_the_markdown_table_has_a_row_per_setting_and_dashes_for_what_was_not_run() -> None:
+    from rtcore.launch.understanding import markdown
+
+    answers = {"answers": 10, "intent_accuracy": 0.6, "intent_and_slots_accuracy": 0.5, "asr_seconds": 3.2}
+    calls = {"calls": 12, "exact_share": 0.75, "scenarios": {"happy": {"calls": 12, "exact": 9}}}
+    table = markdown({"rows": [
+        {"model": "whisper-base (PyPI)", "context_tokens": 32, "caller_codec": "ulaw", "answers": answers,
+         "real_speech": {"wer": 0.271}, "calls": calls},
+        {"model": "/models/small", "context_tokens": 0, "caller_codec": "ulaw", "answers": answers},
+    ]})
+    lines = table.splitlines()
+    assert "| whisper-base (PyPI) | 32 | ulaw | 10 | 60.0% | 50.0% | 3.2 | 27.1% | 75.0% of 12 |" in lines
+    assert "| /models/small | none | ulaw | 10 | 60.0% | 50.0% | 3.2 | - | - |" in lines
+    assert "| whisper-base (PyPI) | 32 | 9/12 |" in lines and "| /models/small | none | - |" in lines

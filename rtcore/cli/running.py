@@ -117,7 +117,7 @@ def cmd_bench_understanding(args: argparse.Namespace, settings: Settings) -> int
     run_understanding(settings, out, scenarios=tuple(n.strip() for n in args.scenarios.split(",") if n.strip()),
                       per_scenario=args.calls_per_scenario, concurrency=args.concurrency,
                       context_tokens=tuple(int(v) for v in args.contexts.split(",")),
-                      model_paths=tuple(args.model_path) or ("",), calls=not args.no_calls,
+                      model_paths=("", *args.model_path), calls=not args.no_calls,  # base first, always
                       audio_dir=audio if audio.is_dir() else None)
     print((out / "understanding.md").read_text())
     print(f"wrote {out / 'understanding.json'}, {out / 'understanding.md'}")

@@ -330,8 +330,8 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{r['answers']['answers']} | "
                      f"{r['answers']['intent_accuracy']:.1%} | {r['answers']['intent_and_slots_accuracy']:.1%} | "
                      f"{r['answers']['asr_seconds']} | "
-                     f"{wer.get('wer', float('nan')):.1%} | "
-                     f"{calls.get('exact_share', float('nan')):.1%} of {calls.get('calls', 0)} |")
+                     f"{format(wer['wer'], '.1%') if 'wer' in wer else '-'} | "
+                     f"{format(calls['exact_share'], '.1%') + ' of ' + str(calls['calls']) if calls else '-'} |")
     scenario_names = sorted({name for r in rows for name in (r.get("calls") or {}).get("scenarios", {})})
     if scenario_names:
         lines += ["", "Exact leads per scenario (calls with exactly the lead their caller's answers give):", "",
