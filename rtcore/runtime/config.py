@@ -116,6 +116,9 @@ class Settings(BaseModel):
                                               "run_dir.")
     asr_worker_timeout_s: float = Field(10.0, gt=0, description="A worker silent this long is presumed dead: its "
                                                                 "utterances go to another.")
+    asr_queue_limit: int = Field(2000, ge=1, description="Utterances the ASR dispatcher queues at most; beyond, an "
+                                                     "utterance gets an error transcript at once (admission control "
+                                                     "keeps the queue far below this).")
 
     # --- ARI / Asterisk -----------------------------------------------------------------------
     ari_url: str = Field("", description="Asterisk ARI base URL, e.g. http://127.0.0.1:8088/ari; empty: the embedded "
@@ -161,6 +164,17 @@ class Settings(BaseModel):
         1.2, ge=0.0, le=5.0, description="A caller who speaks again within this long after an utterance was cut is "
                                          "still answering: the two are one turn (README, \"Turn continuation\"); "
                                          "0: never join.")
+    admission_refuse: Literal["continue", "busy"] = Field(
+        "continue", description="A call that cannot be taken (max_calls reached, the ASR's expected wait over "
+                                "admission_max_asr_wait_ms, or draining): continue: handed back to the dialplan "
+                                "(ARI continue: it may route the call elsewhere); busy: answered with the busy "
+                                "prompt, then hung up.")
+    admission_max_asr_wait_ms: float = Field(1500.0, ge=0.0, description="A new call is refused while the ASR "
+                                                                        "queue's expected wait exceeds this (ms); "
+                                                                        "0: never on that ground.")
+    drain_timeout_s: float = Field(60.0, ge=0.0, le=3600.0, description="On SIGTERM or `rtcore drain`: how long calls "
+                                                                       "in progress may go on before the rest are "
+                                                                       "ended politely.")
     dialog_barge_in: bool = Field(True, description="The caller may interrupt the bot (SpeechStarted stops the "
                                                     "prompt); false: ignored while the bot speaks, as the seed.")
     prompts_dir: str = Field("", description="Rendered prompts, .sln16/.ulaw/.alaw (rtcore prompts build; the cache of "

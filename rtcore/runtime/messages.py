@@ -107,11 +107,31 @@ class AsrCredit(Message, frozen=True):
     """ASR worker -> ASR dispatcher (its own channel, not the bus): "I can hold `capacity`
     utterances at once" (the dispatcher sends capacity minus what it has in flight there). Sent
     after each batch and every second as a keep-alive; a worker silent for long, or back under a
-    new pid, has its in-flight utterances re-queued."""
+    new pid, has its in-flight utterances re-queued. `holding`: the utterance ids the worker has
+    (queued or running), so that a restarted dispatcher knows what is in flight where."""
 
     worker: str
     pid: int
     capacity: int
+    holding: tuple[str, ...] = ()
+
+
+class AsrStatus(Message, frozen=True):
+    """ASR dispatcher -> all, every half second. A new (pid, started_at) is a restarted dispatcher:
+    whoever submitted utterances that have no transcript yet submits them again (its queue died with
+    it). The load figures drive admission control: a new call is refused while `expected_wait_ms`
+    (what is queued, at the recent throughput) breaks the latency target."""
+
+    pid: int
+    started_at: float
+    pending: int
+    in_flight: int
+    workers: int
+    capacity: int  # utterances the workers can hold at once
+    throughput: float  # transcripts per second over the last few seconds
+    expected_wait_ms: float
+    queue_limit: int
+    refused_full: int  # utterances answered with an error because the queue was at its limit
 
 
 class TurnTaken(Message, frozen=True):
@@ -138,6 +158,25 @@ class StopPlayback(Message, frozen=True):
 
     call_id: str
     playback_id: str
+
+
+# --- run control (supervisor -> all, on the bus) ----------------------------------------------
+class ProcessStarted(Message, frozen=True):
+    """Supervisor -> all: a child reported ready (`restarts` > 0: it was restarted). The dialog
+    announces the calls in progress at once when the RTP capture or the VAD comes back."""
+
+    process: str
+    pid: int
+    restarts: int
+
+
+class Drain(Message, frozen=True):
+    """Supervisor (SIGTERM, `rtcore drain`) -> dialog: take no new call (refused as
+    `admission_refuse` says), let the calls in progress finish for `timeout_s`, then end the rest
+    politely. Repeated until the dialog reports it is draining."""
+
+    timeout_s: float
+    requested_at: float
 
 
 # --- supervision (children -> supervisor, on the control channel) ----------------------------
@@ -174,10 +213,12 @@ class Metrics(Message, frozen=True):
 
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     CallStarted, CallEnded, ListenMode, CallContext, SpeechStarted, UtteranceReady, Transcript,
-    AsrCredit, TurnTaken, Play, StopPlayback, ProcessReady, ProcessFailed, Heartbeat, Metrics,
+    AsrCredit, AsrStatus, TurnTaken, Play, StopPlayback, ProcessStarted, Drain, ProcessReady, ProcessFailed,
+    Heartbeat, Metrics,
 )
 AnyMessage = (CallStarted | CallEnded | ListenMode | CallContext | SpeechStarted | UtteranceReady | Transcript
-              | AsrCredit | TurnTaken | Play | StopPlayback | ProcessReady | ProcessFailed | Heartbeat | Metrics)
+              | AsrCredit | AsrStatus | TurnTaken | Play | StopPlayback | ProcessStarted | Drain | ProcessReady
+              | ProcessFailed | Heartbeat | Metrics)
 
 
 class MessageError(ValueError):
