@@ -27,7 +27,7 @@ from rtcore.dialog.ari.client import CONNECTED, AriClient, AriError
 from rtcore.dialog.call import Call
 from rtcore.dialog.engine import DialogEngine
 from rtcore.dialog.joining import TurnJoiner
-from rtcore.dialog.leads import Lead, LeadStore
+from rtcore.dialog.leads import Lead, LeadStore, Turn
 from rtcore.dialog.script import DialogScript
 from rtcore.dialog.setup import BRIDGE, HELPER_CHANNEL_TYPES, OWN_ARGS_PREFIX, SetupError, StasisWaiter, connect_media
 from rtcore.dialog.turns import IntentSource, TurnTaking
@@ -40,6 +40,10 @@ CALLER_HUNG_UP, BOT_HUNG_UP = "caller hung up", "bot hung up"
 # Calls we ended may linger in Asterisk a moment (hanging up): a resynchronisation must not
 # take them for new callers. Plenty for the calls ending within a reconnect's time.
 RECENTLY_ENDED_KEPT = 4096
+# A caller's last words (cut by the VAD at hang-up, or in flight when the caller left) are
+# transcribed after the call ended: its lead stays at hand this long to take them.
+LAST_WORDS_WAIT_S = 60.0
+LAST_WORDS_KEPT = 1024
 
 
 class CallController(TurnTaking):
@@ -66,6 +70,7 @@ class CallController(TurnTaking):
         self._incarnation = secrets.token_hex(3)
         self._playback_seq = 0
         self.recently_ended: OrderedDict[str, None] = OrderedDict()  # not to be taken for new callers
+        self.ended_calls: OrderedDict[str, tuple[float, Call]] = OrderedDict()  # for their last words
         self.completed = 0
         self.failed = 0
         self.counters: Counter[str] = Counter()  # playback_failures, calls_resumed, setup_retries, ...
@@ -127,6 +132,8 @@ class CallController(TurnTaking):
         """A bus message from the audio path or the ASR."""
         call = self.calls.get(getattr(message, "call_id", ""))
         if call is None or call.ended:
+            if isinstance(message, Transcript):
+                self.last_words(message)
             return
         if isinstance(message, Transcript):
             self.transcript_arrived(call, message)
@@ -274,11 +281,45 @@ class CallController(TurnTaking):
         self.recently_ended[call.call_id] = None
         while len(self.recently_ended) > RECENTLY_ENDED_KEPT:
             self.recently_ended.popitem(last=False)
+        now = time.monotonic()
+        self.ended_calls[call.call_id] = (now, call)
+        while self.ended_calls and (len(self.ended_calls) > LAST_WORDS_KEPT
+                                    or now - next(iter(self.ended_calls.values()))[0] > LAST_WORDS_WAIT_S):
+            self.ended_calls.popitem(last=False)
         if call.lead.outcome == "error":
             self.failed += 1
         else:
             self.completed += 1
         log.info("call %s ended (%s): %s", call.call_id, reason, call.lead.outcome)
+
+    def last_words(self, transcript: Transcript) -> None:
+        """A transcript of a call that has ended: what the caller said as they hung up (the VAD
+        cuts what it has at CallEnded) or before, still in flight. It goes into the lead as a turn
+        (`after_hangup`), understood in the state the call ended in; nothing is played."""
+        entry = self.ended_calls.get(transcript.call_id)
+        if entry is None:
+            return
+        call = entry[1]
+        if transcript.error or transcript.hallucination or not transcript.text.strip():
+            return
+        self.counters["last_words"] += 1
+        self.spawn(self._last_words(call, transcript))
+
+    async def _last_words(self, call: Call, transcript: Transcript) -> None:
+        assert call.lead is not None and call.engine is not None
+        if any(turn.utterance_id == transcript.utterance_id for turn in call.lead.turns):
+            return  # already taken (a duplicate transcript)
+        result = await self.intents.classify(transcript.text, call.engine.state.state)
+        turn = Turn(at=self._clock(), prompt=list(call.engine.state.last_prompts), transcript=transcript.text,
+                    intent=result.intent, score=float(result.score), after_hangup=True,
+                    utterance_id=transcript.utterance_id, slots=dict(result.slots),
+                    latency_ms={"eos_to_transcript": ((transcript.published_at or self._clock())
+                                                      - transcript.eos_at) * 1000 if transcript.eos_at else 0.0})
+        call.lead.turns.append(turn)
+        log.info("call %s: last words after the end of the call taken into its lead (%s)", call.call_id,
+                 result.intent)
+        if call.persist:
+            self.store.save_lead(call.lead)
 
     async def release_helpers(self, call: Call) -> None:
         """Delete the call's external media channel, snoops and bridge: Asterisk keeps the media

@@ -52,6 +52,9 @@ class Turn:
     score: float = 0.0
     source: str = "speech"  # speech | dtmf | silence | noise | resume
     latency_ms: dict[str, float] = field(default_factory=dict)  # eos_to_transcript, eos_to_reply, ...
+    utterance_id: str = ""  # the transcribed utterance (speech turns)
+    slots: dict[str, Any] = field(default_factory=dict)  # what the classifier read in it (last words)
+    after_hangup: bool = False  # the caller's last words, transcribed after the call ended
 
 
 @dataclass

@@ -299,7 +299,7 @@ class TurnTaking:
         now = self._clock()
         self._cancel_no_input(call)
         turn = Turn(at=now, prompt=list(call.engine.state.last_prompts), transcript=transcript.text,
-                    latency_ms={"eos_to_transcript": ((transcript.published_at or now) - transcript.eos_at) * 1000
+                    utterance_id=transcript.utterance_id, latency_ms={"eos_to_transcript": ((transcript.published_at or now) - transcript.eos_at) * 1000
                                 if transcript.eos_at else 0.0,
                                 "asr_queue": transcript.queue_ms, "asr_inference": transcript.inference_ms,
                                 "eos_at": transcript.eos_at})

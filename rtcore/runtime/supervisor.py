@@ -25,9 +25,9 @@ from typing import IO
 
 import zmq
 
-from rtcore.runtime.bus import BusProxy, ControlReceiver
+from rtcore.runtime.bus import BusProxy, ControlReceiver, Publisher
 from rtcore.runtime.config import Settings
-from rtcore.runtime.messages import Heartbeat, Metrics, ProcessFailed, ProcessReady
+from rtcore.runtime.messages import Heartbeat, Message, Metrics, ProcessFailed, ProcessReady, ProcessStarted
 from rtcore.runtime.process import EXIT_INIT_FAILED, LaunchInfo, set_parent_death_signal
 from rtcore.runtime.redis_server import PrivateRedis
 from rtcore.runtime.ring import AudioRings, RingSpec, segment_name, sweep_leftovers
@@ -111,6 +111,7 @@ class Supervisor:
         self._lock = InstanceLock(settings.run_path)
         self._bus: BusProxy | None = None
         self._control: ControlReceiver | None = None
+        self._publisher: Publisher | None = None  # the supervisor's own voice on the bus
         self._ctx = zmq.Context()
         self._started = False
         self.on_metrics: Callable[[str, dict[str, float]], None] | None = None
@@ -128,6 +129,7 @@ class Supervisor:
                      spec.capacity / s.sample_rate, spec.total_bytes >> 20, spec.name)
             self._bus = BusProxy(s.endpoint("bus_pub"), s.endpoint("bus_sub"), self._ctx).start()
             self._control = ControlReceiver(s.endpoint("control"), self._ctx)
+            self._publisher = Publisher(s.endpoint("bus_pub"), self._ctx)
             if not s.redis_url and self.private_redis:
                 self.redis = PrivateRedis(s.run_path, s.data_path / "redis").start()
                 self.settings = s = s.model_copy(update={"redis_url": self.redis.url})
@@ -260,6 +262,8 @@ class Supervisor:
                 if isinstance(message, ProcessReady):
                     child.ready = True
                     log.info("%s ready (pid %d)", child.spec.name, child.pid)
+                    # Its peers may have to tell it what it missed (the dialog: the calls in progress).
+                    self.publish(ProcessStarted(process=child.spec.name, pid=child.pid, restarts=child.restarts))
             elif isinstance(message, Metrics):
                 child.metrics.update(message.values)
                 if self.on_metrics:
@@ -268,6 +272,11 @@ class Supervisor:
                 failure = message
             message = self._control.recv(0)
         return failure
+
+    def publish(self, message: Message) -> None:
+        """Publish on the event bus (a no-op before start and after stop)."""
+        if self._publisher is not None:
+            self._publisher.publish(message)
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         while not should_stop():
@@ -281,6 +290,9 @@ class Supervisor:
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
         if self._bus is not None:
             self._bus.stop()
             self._bus = None
