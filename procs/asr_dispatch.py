@@ -1,9 +1,12 @@
 """ASR dispatcher process: utterances (from the VAD and the HTTP API, on its ROUTER socket) ->
-workers by free capacity -> exactly one Transcript each, published on the bus."""
+workers by free capacity -> exactly one Transcript each, published on the bus. Every half second
+an AsrStatus on the bus says who it is (a restarted dispatcher gets its queue back from the
+submitters) and how loaded it is (admission control)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import msgspec
@@ -11,16 +14,31 @@ import zmq
 
 from rtcore.asr.dispatch import AsrDispatcher
 from rtcore.runtime.bus import HWM, Publisher, ZmqContext
-from rtcore.runtime.messages import AsrCredit, MessageError, Transcript, UtteranceReady, decode, encode
+from rtcore.runtime.messages import AsrCredit, AsrStatus, MessageError, Transcript, UtteranceReady, decode, encode
 from rtcore.runtime.process import ProcessContext, run_process
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 1.0
+STATUS_EVERY_S = 0.5
+# Workers list what they hold in their AsrCredit every second (KEEPALIVE_S): a restarted
+# dispatcher waits for those lists before handing out resubmitted work.
+HOLDING_GRACE_S = 1.2
 
 
 def main(ctx: ProcessContext) -> None:
     s = ctx.settings
-    dispatcher = AsrDispatcher(worker_timeout_s=s.asr_worker_timeout_s)
+    started_wall, started = time.time(), time.monotonic()
+    dispatcher = AsrDispatcher(worker_timeout_s=s.asr_worker_timeout_s, queue_limit=s.asr_queue_limit,
+                               started=started, holding_grace_s=HOLDING_GRACE_S)
+    pid = os.getpid()
+
+    def status(now: float) -> AsrStatus:
+        workers = dispatcher.workers.values()
+        return AsrStatus(pid=pid, started_at=started_wall, pending=len(dispatcher.pending),
+                         in_flight=sum(len(w.in_flight) for w in workers), workers=len(workers),
+                         capacity=sum(w.capacity for w in workers), throughput=dispatcher.throughput(now),
+                         expected_wait_ms=dispatcher.expected_wait_ms(now), queue_limit=dispatcher.queue_limit,
+                         refused_full=dispatcher.stats.refused_full)
     zctx: ZmqContext = zmq.Context.instance()
     router = zctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
@@ -32,6 +50,7 @@ def main(ctx: ProcessContext) -> None:
     rejected = 0
     ctx.ready()
     next_report = time.monotonic() + REPORT_EVERY_S
+    next_status = time.monotonic()
     try:
         while not ctx.stopping.is_set():
             ready = router.poll(100)
@@ -52,7 +71,10 @@ def main(ctx: ProcessContext) -> None:
                         log.warning("from ASR worker %r: %s", identity, exc)
                         continue
                     if isinstance(message, UtteranceReady):
-                        dispatcher.submit(message)
+                        if dispatcher.submit(message) == "full":
+                            pub.publish(Transcript(utterance_id=message.utterance_id, call_id=message.call_id,
+                                                   text="", error="ASR queue full", eos_at=message.eos_at,
+                                                   published_at=time.time()))
                     elif isinstance(message, AsrCredit):
                         dispatcher.announce(identity, message, now)
                     elif isinstance(message, Transcript):
@@ -60,12 +82,15 @@ def main(ctx: ProcessContext) -> None:
                         if first is not None:
                             pub.publish(msgspec.structs.replace(first, published_at=time.time()))
             dispatcher.expire(now)
-            for identity, utterance in dispatcher.assign():
+            for identity, utterance in dispatcher.assign(now):
                 try:
                     router.send_multipart([identity, encode(utterance)])
                 except zmq.ZMQError:  # the worker disconnected: back to the queue
                     dispatcher.forget(identity)
             ctx.beat()
+            if now >= next_status:
+                next_status = now + STATUS_EVERY_S
+                pub.publish(status(now))
             if now >= next_report:
                 next_report = now + REPORT_EVERY_S
                 ctx.report({**dispatcher.metrics(), "rejected": float(rejected)})

@@ -41,7 +41,8 @@ def main(ctx: ProcessContext) -> None:
     dealer.connect(s.endpoint("asr"))
 
     def send_credit() -> None:
-        dealer.send(encode(AsrCredit(worker=ctx.name, pid=os.getpid(), capacity=worker.capacity)))
+        dealer.send(encode(AsrCredit(worker=ctx.name, pid=os.getpid(), capacity=worker.capacity,
+                                     holding=worker.holding())))
 
     keepalive_due = [time.monotonic()]
 

@@ -1,11 +1,23 @@
-"""VAD process: every 32 ms, one batched Silero inference over every call with a new chunk."""
+"""VAD process: every 32 ms, one batched Silero inference over every call with a new chunk.
+
+Each utterance is kept until its transcript is on the bus, and submitted again to a restarted
+ASR dispatcher (rtcore.runtime.bus.AsrClient)."""
 
 from __future__ import annotations
 
 import time
 
 from rtcore.runtime.bus import AsrClient, Publisher, Subscriber
-from rtcore.runtime.messages import CallContext, CallEnded, CallStarted, ListenMode, UtteranceReady
+from rtcore.runtime.messages import (
+    AnyMessage,
+    AsrStatus,
+    CallContext,
+    CallEnded,
+    CallStarted,
+    ListenMode,
+    Transcript,
+    UtteranceReady,
+)
 from rtcore.runtime.process import ProcessContext, run_process
 from rtcore.runtime.ring import AudioRings
 from rtcore.vad.detector import UtteranceDetector
@@ -21,9 +33,17 @@ def main(ctx: ProcessContext) -> None:
     rings = AudioRings.attach(ctx.info.rings)
     detector = UtteranceDetector(rings, BatchedVad(SileroVad(), capacity=s.max_calls),
                                  SegmenterOptions.from_settings(s), stall_timeout_s=s.vad_stall_timeout_s)
-    sub = Subscriber(s.endpoint("bus_sub"), [CallStarted, CallEnded, ListenMode, CallContext])
+    sub = Subscriber(s.endpoint("bus_sub"), [CallStarted, CallEnded, ListenMode, CallContext, Transcript, AsrStatus])
     pub = Publisher(s.endpoint("bus_pub"))
     asr = AsrClient(s.endpoint("asr"))
+
+    def handle(message: AnyMessage) -> None:
+        if isinstance(message, Transcript):
+            asr.settled(message.utterance_id)
+        elif isinstance(message, AsrStatus):
+            asr.dispatcher_seen(message)
+        else:
+            detector.handle(message)
     ctx.ready()
     next_tick = time.monotonic()
     next_report = next_tick + REPORT_EVERY_S
@@ -33,9 +53,9 @@ def main(ctx: ProcessContext) -> None:
             while (wait := next_tick - time.monotonic()) > 0:
                 message = sub.recv(timeout_ms=max(1, int(wait * 1000)))
                 if message is not None:
-                    detector.handle(message)
+                    handle(message)
             for message in sub.drain():
-                detector.handle(message)
+                handle(message)
             for out in detector.tick():
                 if isinstance(out, UtteranceReady):
                     asr.submit(out)  # reliable to the ASR dispatcher
@@ -46,7 +66,9 @@ def main(ctx: ProcessContext) -> None:
             ctx.beat()
             if now >= next_report:
                 next_report = now + REPORT_EVERY_S
-                ctx.report({**detector.metrics(), "bus_rejected": float(sub.rejected)})
+                ctx.report({**detector.metrics(), "bus_rejected": float(sub.rejected),
+                            "asr_outstanding": float(len(asr.outstanding)), "asr_resubmitted": float(asr.resubmitted),
+                            "asr_expired": float(asr.expired)})
     finally:
         sub.close()
         pub.close()

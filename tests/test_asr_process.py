@@ -7,11 +7,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import zmq
+
 from rtcore.launch import pipeline as procs_pipeline
 from rtcore.runtime.audio import float_to_pcm16, load_audio
 from rtcore.runtime.bus import AsrClient, Publisher, Subscriber
 from rtcore.runtime.config import Settings
-from rtcore.runtime.messages import Transcript, UtteranceReady
+from rtcore.runtime.messages import Transcript, UtteranceReady, topic
 from rtcore.runtime.ring import SlotLease
 from rtcore.runtime.supervisor import Supervisor
 from rtcore.vad.segmenter import SegmenterOptions, segment_streams
@@ -154,3 +156,69 @@ def test_unreadable_utterances_get_error_transcripts_and_an_ended_calls_are_read
         sup.rings.write_silence(reused, 16000)
         assert "is gone" in transcript_of("stale", ended).error
         assert sup.children["asr-0"].restarts == 0
+
+
+def test_killing_the_dispatcher_mid_run_loses_and_duplicates_nothing(make_settings: Callable[..., Settings]) -> None:
+    """The dispatcher's queue lives in its memory. Killed with 36 utterances submitted, some queued,
+    some at the workers: the submitter (here as the VAD does it: AsrClient, fed the bus's
+    Transcript and AsrStatus) submits again what has no transcript when the restarted dispatcher
+    announces itself, workers list what they hold, and every utterance gets exactly one transcript."""
+    from rtcore.runtime.messages import AsrStatus
+
+    audio = load_audio(require_shared_audio("OSR_fr_000_0041_8k.wav"))
+    [spans] = segment_streams([audio], SegmenterOptions(), BatchedVad(SileroVad()))
+    settings = make_settings(redis_url="redis://127.0.0.1:1", ring_seconds=90.0, asr_workers=2,
+                             asr_intra_threads=1, asr_batch_size=4, asr_worker_timeout_s=30.0)
+    with running_asr(settings) as (sup, sub, client):
+        assert sup.rings is not None
+        sub.socket.setsockopt(zmq.SUBSCRIBE, topic(AsrStatus))
+        lease = sup.rings.allocate()
+        sup.rings.write(lease, float_to_pcm16(audio))
+        dispatch = sup.children["asr_dispatch"]
+        statuses: list[AsrStatus] = []
+        while not statuses:  # the client knows the first dispatcher before submitting
+            message = sub.recv(timeout_ms=5000)
+            if isinstance(message, AsrStatus):
+                statuses.append(message)
+                client.dispatcher_seen(message)
+        ids = []
+        for round_no in range(2):
+            for k, span in enumerate(spans):
+                ids.append(f"call-{round_no}-{k:02d}")
+                client.submit(UtteranceReady(utterance_id=ids[-1], call_id="call", slot=lease.slot,
+                                             generation=lease.generation, start_sample=span.start,
+                                             end_sample=span.end, eos_at=time.time()))
+        got: list[Transcript] = []
+        killed_pid = 0
+        deadline = time.monotonic() + 400
+        while len({t.utterance_id for t in got}) < len(ids):
+            assert time.monotonic() < deadline, f"{len(got)} of {len(ids)} transcripts"
+            message = sub.recv(timeout_ms=100)
+            if isinstance(message, AsrStatus):
+                statuses.append(message)
+                client.dispatcher_seen(message)
+            elif isinstance(message, Transcript):
+                got.append(message)
+                client.settled(message.utterance_id)
+                if len(got) == 6 and not killed_pid:  # work queued and at both workers
+                    killed_pid = dispatch.pid
+                    os.kill(killed_pid, signal.SIGKILL)
+            sup.poll(0)
+        # Any late duplicate would come from the new dispatcher: wait until it holds nothing more
+        # (its report after the last transcript) before counting.
+        idle_reports: list[dict[str, float]] = []
+        sup.on_metrics = lambda process, values: idle_reports.append(values) if (
+            process == "asr_dispatch" and values.get("pending") == 0 and values.get("in_flight") == 0) else None
+        while not idle_reports:
+            assert time.monotonic() < deadline
+            sup.poll(0.1)
+        got += [m for m in sub.drain() if isinstance(m, Transcript)]
+        counts = Counter(t.utterance_id for t in got)
+        assert set(counts) == set(ids)
+        assert max(counts.values()) == 1, [k for k, v in counts.items() if v > 1]
+        assert all(t.error == "" and t.text for t in got)
+        assert killed_pid and dispatch.restarts == 1
+        assert len({(s.pid, s.started_at) for s in statuses}) == 2 and client.resubmitted > 0
+        assert not client.outstanding
+        # The workers' lists were adopted, so what they held was not run a second time.
+        assert dispatch.metrics["adopted"] >= 1

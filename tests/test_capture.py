@@ -138,6 +138,40 @@ async def test_audio_lands_in_the_ring_bit_exact(
     assert (stats.received, stats.lost, stats.invalid) == (100, 0, 0)
 
 
+async def test_a_restarted_capture_fills_the_gap_it_left_and_keeps_the_calls_time(
+        rings: AudioRings, start_capture: StartCapture, make_sender: MakeSender) -> None:
+    """kill -9 of the capture: its successor learns the call again (re-announced), and the packets
+    sent while no capture ran are silence of their length, counted lost: packet 60 lands where a
+    capture that never died would have put it."""
+    first, address = await start_capture()
+    lease = rings.allocate()
+    sender = make_sender(address)
+    first.add_call("c1", lease, sender.source)
+    sender.send(*range(50))
+    await wait_until(lambda: rings.cursor(lease) == 50 * N, "50 packets in the ring")
+    for _ in range(10):
+        first.tick()  # bookmarks its RTP position in the slot now and then
+    sender.send(50)  # one more after the last bookmark
+    await wait_until(lambda: rings.cursor(lease) == 51 * N, "51 packets in the ring")
+    first.transport.close()  # type: ignore[union-attr]  # killed: packets 51..59 reach nobody
+
+    second, address2 = await start_capture()
+    second.add_call("c1", lease, sender.source)
+    sender.target = address2
+    sender.send(*range(60, 80))
+    await wait_until(lambda: rings.cursor(lease) == 80 * N, "the call's audio resumed")
+    np.testing.assert_array_equal(ring_audio(rings, lease), expected(*range(51), *[None] * 9, *range(60, 80)))
+    stats = second.call_stats()["c1"]
+    assert (stats.received, stats.lost) == (20, 9) and second.calls_resumed == 1 and second.resume_gaps == 1
+    # A new call in a fresh slot has nothing to resume.
+    fresh = rings.allocate()
+    other = make_sender(address2)
+    second.add_call("c2", fresh, other.source)
+    other.send(*range(1000, 1010))
+    await wait_until(lambda: rings.cursor(fresh) == 10 * N, "the new call's audio")
+    assert second.calls_resumed == 1
+
+
 async def test_reordering_duplicates_loss_and_late(
         rings: AudioRings, start_capture: StartCapture, make_sender: MakeSender) -> None:
     capture, address = await start_capture(reorder_window=3)

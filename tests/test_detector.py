@@ -144,6 +144,7 @@ def test_ended_or_reused_calls_are_forgotten(model: SileroVad, rings: AudioRings
     lease = start(detector, rings, "gone")
     feed(detector, rings, lease, pcm[:16000 * 3], clock)
     detector.handle(CallEnded(call_id="gone", slot=lease.slot, generation=lease.generation))
+    detector.tick()  # its last audio runs, then it is forgotten
     assert "gone" not in detector.calls and len(detector.vad) == 0
     # A slot freed and reused before CallEnded reaches the VAD: dropped, no crash, no foreign audio.
     other = start(detector, rings, "other")
@@ -171,4 +172,66 @@ def test_utterances_carry_their_calls_context_even_when_it_came_before_the_call(
     assert first and {m.context for m in first} == {"Au gaz, au fioul."}
     assert later and {m.context for m in later} == {"Oui, je suis propriétaire."}
     detector.handle(CallEnded(call_id="call-a", slot=lease.slot, generation=lease.generation))
+    detector.tick()
     assert "call-a" not in detector.contexts
+
+
+def test_a_caller_hanging_up_mid_sentence_has_their_last_words_cut(model: SileroVad, rings: AudioRings,
+                                                                   pcm: np.ndarray) -> None:
+    """CallEnded arrives while the caller is speaking, with audio in the ring not yet run: that
+    audio is run and the speech is cut at its end, not dropped with the call."""
+    clock = FakeClock()
+    detector = UtteranceDetector(rings, BatchedVad(model), SegmenterOptions(), clock=clock)
+    lease = start(detector, rings, "c")
+    # The first sentence runs 2.56 s - 4.8 s: the caller hangs up at 4 s, in the middle of it.
+    out = feed(detector, rings, lease, pcm[:16000 * 3], clock)
+    rings.write(lease, pcm[16000 * 3:16000 * 4])  # the last second, written but not yet run
+    assert not any(isinstance(m, UtteranceReady) for m in out)
+    detector.handle(CallEnded(call_id="c", slot=lease.slot, generation=lease.generation))
+    rings.free(lease)  # the dialog frees the slot at once: its audio stays readable until reuse
+    last: list[object] = []
+    while "c" in detector.calls:
+        clock.now += 0.032
+        last += detector.tick()
+    [words] = [m for m in last if isinstance(m, UtteranceReady)]
+    assert words.start_sample < 16000 * 3 and words.end_sample == 16000 * 4 - (16000 * 4) % 512
+    assert detector.stats.last_words == 1 and len(detector.vad) == 0
+    # Silence at the end of a call is nothing to cut.
+    quiet = start(detector, rings, "quiet")
+    feed(detector, rings, quiet, np.zeros(16000 * 2, np.int16), clock)
+    detector.handle(CallEnded(call_id="quiet", slot=quiet.slot, generation=quiet.generation))
+    assert not any(isinstance(m, UtteranceReady) for m in detector.tick()) and "quiet" not in detector.calls
+
+
+def test_a_restarted_vad_resumes_the_speech_in_progress_from_the_rings_bookmark(
+        model: SileroVad, rings: AudioRings, pcm: np.ndarray) -> None:
+    """The VAD dies (kill -9) in the middle of a sentence. Its successor learns the call from the
+    dialog's re-announcement and resumes at the ring's bookmark: the sentence in progress is cut
+    whole, nothing cut before is cut again, and the rest of the call is cut as usual."""
+    clock = FakeClock()
+    first = UtteranceDetector(rings, BatchedVad(model), SegmenterOptions(), clock=clock)
+    lease = start(first, rings, "c")
+    # Up to 17.5 s: inside the sentence of 16.06 s - 19.01 s (the offline cut below says so).
+    before = [m for m in feed(first, rings, lease, pcm[:16000 * 17 + 8000], clock) if isinstance(m, UtteranceReady)]
+    assert first.calls["c"].segmenter.in_speech
+    pending_start = first.calls["c"].segmenter.pending_start
+    del first  # killed: nothing of it survives but the shared memory
+    rings.write(lease, pcm[16000 * 17 + 8000:16000 * 19])  # what arrived while no VAD ran
+
+    second = UtteranceDetector(rings, BatchedVad(model), SegmenterOptions(), clock=clock)
+    second.handle(CallStarted(call_id="c", slot=lease.slot, generation=lease.generation))  # re-announced
+    assert second.stats.resumed_calls == 1 and second.calls["c"].next_sample == pending_start
+    after = []
+    for _ in range(40):  # it catches up on the backlog, several chunks a tick
+        clock.now += 0.032
+        after += [m for m in second.tick() if isinstance(m, UtteranceReady)]
+    after += [m for m in feed(second, rings, lease, pcm[16000 * 19:16000 * 40], clock) if isinstance(m, UtteranceReady)]
+
+    offline = segment_streams([pcm16_to_float(pcm[:16000 * 40])], SegmenterOptions(), BatchedVad(model))[0]
+    in_progress = next(u for u in offline if u.start <= 16000 * 17 + 8000 < u.end)
+    assert after[0].start_sample == pending_start <= in_progress.start + 512
+    assert after[0].end_sample >= in_progress.end - 3 * 512  # the whole sentence, not its tail
+    assert before and before[-1].end_sample <= after[0].start_sample  # nothing cut twice
+    ids = [m.utterance_id for m in before + after]
+    assert len(ids) == len(set(ids))
+    assert len(before) + len(after) == len([u for u in offline if u.end <= 16000 * 40 - 512 * 12])

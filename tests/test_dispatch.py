@@ -44,7 +44,7 @@ def test_restarted_worker_gets_its_work_requeued_and_no_transcript_is_duplicated
     published = [d.complete(b"asr-0.11", done(u), now=3.0) for _, u in again]
     assert all(p is not None for p in published)
     assert d.complete(b"asr-0.10", done(utt(1)), now=3.0) is None  # the old one was only slow
-    assert d.submit(utt(1)) is False  # and a resent utterance is not run twice
+    assert d.submit(utt(1)) == "duplicate"  # and a resent utterance is not run twice
     assert d.stats.published == 3 and d.stats.duplicate_transcripts == 1
 
 
@@ -73,3 +73,42 @@ def test_transcript_for_requeued_utterance_cancels_the_rerun() -> None:
     assert len(d.pending) == 1
     assert d.complete(b"a.1", done(utt(0)), now=5.5) is not None
     assert len(d.pending) == 0 and d.metrics()["in_flight"] == 0
+
+
+def test_a_restarted_dispatcher_rebuilds_its_queue_from_workers_and_submitters() -> None:
+    """The dispatcher died with c-0000..c-0004 submitted: asr-0 holds 0 and 1, 2..4 were queued.
+    Its successor hears asr-0's list and the submitter's resend: 0 and 1 stay where they are
+    (not run twice), 2..4 are queued and handed out only after the grace for workers' lists."""
+    d = AsrDispatcher(started=100.0, holding_grace_s=1.2)
+    d.announce(b"asr-0.10", AsrCredit(worker="asr-0", pid=10, capacity=8, holding=("c-0000", "c-0001")), now=100.1)
+    assert d.stats.adopted == 2 and d.metrics()["in_flight"] == 2
+    outcomes = [d.submit(utt(i)) for i in range(5)]  # the VAD submits again what has no transcript
+    assert outcomes == ["adopted", "adopted", "queued", "queued", "queued"]
+    assert d.assign(now=100.5) == []  # within the grace: another worker's list may still come
+    d.announce(b"asr-1.11", AsrCredit(worker="asr-1", pid=11, capacity=8, holding=("c-0002",)), now=100.6)
+    assert [u.utterance_id for u in d.pending] == ["c-0003", "c-0004"]  # c-0002 is at asr-1 already
+    sent = d.assign(now=101.3)
+    assert sorted(u.utterance_id for _, u in sent) == ["c-0003", "c-0004"]
+    # asr-0 dies before answering: what it held, known now from the resend, is run again elsewhere.
+    d.announce(b"asr-0.12", AsrCredit(worker="asr-0", pid=12, capacity=8), now=102.0)
+    again = d.assign(now=102.0)
+    at_asr0 = [u.utterance_id for w, u in sent if w == b"asr-0.10"]
+    assert sorted(u.utterance_id for _, u in again) == sorted(["c-0000", "c-0001", *at_asr0])
+    assert d.stats.requeued == len(again)
+    answers = [(w, u) for w, u in sent if w != b"asr-0.10"] + again + [(b"asr-1.11", utt(2))]
+    published = [d.complete(w, done(u), now=103.0) for w, u in answers]
+    assert all(p is not None for p in published) and d.stats.published == 5
+    assert d.complete(b"asr-0.10", done(utt(0)), now=103.5) is None  # the dead one's late answer
+
+
+def test_the_queue_is_bounded_and_its_expected_wait_follows_the_throughput() -> None:
+    d = AsrDispatcher(queue_limit=3)
+    assert [d.submit(utt(i)) for i in range(4)] == ["queued", "queued", "queued", "full"]
+    assert d.stats.refused_full == 1 and d.metrics()["refused_full"] == 1
+    assert d.expected_wait_ms(now=0.0) == 3000.0  # no throughput measured yet: a second each
+    d.announce(b"a.1", AsrCredit(worker="a", pid=1, capacity=2), now=0.0)
+    for _, u in d.assign(now=0.0):
+        d.complete(b"a.1", done(u, "a"), now=1.0)
+    assert d.throughput(now=1.0) == 0.2  # 2 transcripts in the last 10 s
+    assert d.expected_wait_ms(now=1.0) == 5000.0  # 1 waiting at 0.2/s
+    assert d.throughput(now=20.0) == 0.0

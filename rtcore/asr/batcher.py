@@ -87,6 +87,10 @@ class AsrBatcher:
     def __contains__(self, key: str) -> bool:
         return key in self._keys
 
+    def keys(self) -> list[str]:
+        """The keys queued, in no particular order."""
+        return list(self._keys)
+
     def add(self, request: AsrRequest) -> bool:
         """Queue a request; False if one with the same key is already queued."""
         if request.key in self._keys:

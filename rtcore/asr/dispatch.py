@@ -6,6 +6,15 @@ remembers it as in flight. A worker that comes back under a new pid (the supervi
 or stays silent for `worker_timeout_s` is presumed dead: its in-flight utterances go back to the
 front of the queue. Transcripts go back through the dispatcher, which publishes the first one for
 each utterance id and drops any later duplicate (a worker presumed dead that was only slow).
+
+A restarted dispatcher starts with nothing in memory; what was queued or in flight is rebuilt:
+the submitters (VAD, HTTP API) submit again everything that has no transcript yet when they see
+its first AsrStatus, and workers list what they hold in every AsrCredit (`holding`), which the
+dispatcher adopts as in flight there. For `holding_grace_s` after its start it hands out no work,
+so that the workers' lists arrive before a resubmitted utterance is sent to a second worker.
+The queue is bounded (`queue_limit`): beyond it an utterance is refused (`submit` says "full";
+the process answers it with an error transcript), and admission control, which reads the
+expected wait in AsrStatus, keeps new calls away long before.
 Socket-free, so it is tested directly; procs/asr_dispatch.py wires it to ZeroMQ.
 """
 
@@ -14,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Literal
 
 from rtcore.runtime.messages import AsrCredit, Transcript, UtteranceReady
 
@@ -21,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # Utterance ids remembered as done, to recognise duplicates (a few minutes of a busy system).
 DONE_MEMORY = 100_000
+THROUGHPUT_WINDOW_S = 10.0  # transcripts per second are measured over this long
+Submitted = Literal["queued", "duplicate", "adopted", "full"]
 
 
 @dataclass
@@ -30,7 +42,8 @@ class WorkerState:
     pid: int
     capacity: int = 0
     last_seen: float = 0.0
-    in_flight: dict[str, UtteranceReady] = field(default_factory=dict)
+    # None: a worker said it holds it (after our restart) before its submitter sent it again.
+    in_flight: dict[str, UtteranceReady | None] = field(default_factory=dict)
 
     @property
     def free(self) -> int:
@@ -45,27 +58,42 @@ class DispatchStats:
     requeued: int = 0
     duplicate_utterances: int = 0
     duplicate_transcripts: int = 0
+    adopted: int = 0  # utterances a worker held when we started, taken as in flight there
+    refused_full: int = 0
 
 
 class AsrDispatcher:
-    def __init__(self, worker_timeout_s: float = 10.0) -> None:
+    def __init__(self, worker_timeout_s: float = 10.0, queue_limit: int = 100_000, started: float = 0.0,
+                 holding_grace_s: float = 0.0) -> None:
         self.worker_timeout_s = worker_timeout_s
+        self.queue_limit = queue_limit
+        self.assign_from = started + holding_grace_s  # (monotonic) no work handed out before
         self.pending: deque[UtteranceReady] = deque()
+        self._published_at: deque[float] = deque()  # monotonic times, for the throughput
         self.workers: dict[bytes, WorkerState] = {}
         self.stats = DispatchStats()
         self._owner: dict[str, bytes] = {}  # in-flight utterance id -> worker identity
         self._queued: set[str] = set()
         self._done: OrderedDict[str, None] = OrderedDict()
 
-    def submit(self, utterance: UtteranceReady) -> bool:
+    def submit(self, utterance: UtteranceReady) -> Submitted:
         key = utterance.utterance_id
-        if key in self._done or key in self._queued or key in self._owner:
+        owner = self._owner.get(key)
+        holder = self.workers.get(owner) if owner is not None else None
+        if holder is not None and key in holder.in_flight and holder.in_flight[key] is None:
+            holder.in_flight[key] = utterance  # what a worker said it holds: now re-queueable
+            return "adopted"
+        if key in self._done or key in self._queued or owner is not None:
             self.stats.duplicate_utterances += 1
-            return False
+            return "duplicate"
+        if len(self.pending) >= self.queue_limit:
+            self.stats.refused_full += 1
+            log.error("ASR queue full (%d utterances): utterance %s refused", len(self.pending), key)
+            return "full"
         self.pending.append(utterance)
         self._queued.add(key)
         self.stats.received += 1
-        return True
+        return "queued"
 
     def announce(self, identity: bytes, message: AsrCredit, now: float) -> None:
         worker = self.workers.get(identity)
@@ -79,10 +107,23 @@ class AsrDispatcher:
         # Capacity, not a delta: the dispatcher counts what is in flight, so nothing drifts.
         worker.capacity = max(0, message.capacity)
         worker.last_seen = now
+        for key in message.holding:
+            # Held by a worker but unknown here: sent by our predecessor. In flight there now.
+            if key in self._owner or key in self._done:
+                continue
+            queued = next((u for u in self.pending if u.utterance_id == key), None) if key in self._queued else None
+            if queued is not None:  # resubmitted already: not to be run a second time
+                self._queued.discard(key)
+                self.pending.remove(queued)
+            worker.in_flight[key] = queued
+            self._owner[key] = identity
+            self.stats.adopted += 1
 
-    def assign(self) -> list[tuple[bytes, UtteranceReady]]:
+    def assign(self, now: float = float("inf")) -> list[tuple[bytes, UtteranceReady]]:
         """Hand pending utterances to workers with free capacity; returns (worker identity, utterance)."""
         out: list[tuple[bytes, UtteranceReady]] = []
+        if now < self.assign_from:
+            return out
         while self.pending:
             worker = max(self.workers.values(), key=lambda w: w.free, default=None)
             if worker is None or worker.free <= 0:
@@ -115,7 +156,23 @@ class AsrDispatcher:
         if len(self._done) > DONE_MEMORY:
             self._done.popitem(last=False)
         self.stats.published += 1
+        self._published_at.append(now)
         return transcript
+
+    def throughput(self, now: float) -> float:
+        """Transcripts per second over the last THROUGHPUT_WINDOW_S."""
+        while self._published_at and self._published_at[0] < now - THROUGHPUT_WINDOW_S:
+            self._published_at.popleft()
+        return len(self._published_at) / THROUGHPUT_WINDOW_S
+
+    def expected_wait_ms(self, now: float) -> float:
+        """How long a new utterance would wait before a worker takes it: the queue ahead of it at
+        the recent throughput (with no throughput yet, a pessimistic second each)."""
+        waiting = len(self.pending)
+        if not waiting:
+            return 0.0
+        rate = self.throughput(now)
+        return 1000.0 * waiting / rate if rate > 0 else 1000.0 * waiting
 
     def expire(self, now: float) -> None:
         """Presume silent workers dead and re-queue their utterances."""
@@ -133,12 +190,18 @@ class AsrDispatcher:
     def _forget(self, worker: WorkerState) -> None:
         self.workers.pop(worker.identity, None)
         # Back to the front, oldest first: they have waited longest.
-        for utterance in sorted(worker.in_flight.values(), key=lambda u: u.eos_at, reverse=True):
+        known = [u for u in worker.in_flight.values() if u is not None]
+        for utterance in sorted(known, key=lambda u: u.eos_at, reverse=True):
             if self._owner.get(utterance.utterance_id) == worker.identity:
                 del self._owner[utterance.utterance_id]
                 self.pending.appendleft(utterance)
                 self._queued.add(utterance.utterance_id)
                 self.stats.requeued += 1
+        for key, held in worker.in_flight.items():
+            # Adopted from the worker's list, its submitter's copy not here yet: that copy is
+            # queued like a new utterance when it comes (submitters resend at our start).
+            if held is None and self._owner.get(key) == worker.identity:
+                del self._owner[key]
         worker.in_flight.clear()
 
     def metrics(self) -> dict[str, float]:
@@ -147,4 +210,5 @@ class AsrDispatcher:
                 "workers": float(len(self.workers)), "received": float(s.received),
                 "dispatched": float(s.dispatched), "published": float(s.published), "requeued": float(s.requeued),
                 "duplicate_utterances": float(s.duplicate_utterances),
-                "duplicate_transcripts": float(s.duplicate_transcripts)}
+                "duplicate_transcripts": float(s.duplicate_transcripts), "adopted": float(s.adopted),
+                "refused_full": float(s.refused_full), "queue_limit": float(self.queue_limit)}

@@ -23,7 +23,7 @@ import zmq
 from rtcore.runtime.audio import SAMPLE_RATE, float_to_pcm16
 from rtcore.runtime.bus import AsrClient, Publisher, Subscriber
 from rtcore.runtime.config import Settings
-from rtcore.runtime.messages import Transcript, UtteranceReady
+from rtcore.runtime.messages import AsrStatus, Transcript, UtteranceReady
 from rtcore.runtime.ring import AudioRings, NoFreeSlotError, SlotOwner
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,8 @@ class PipelineTranscriber:
         self.settings = settings
         self.rings = rings
         self._asr = AsrClient(settings.endpoint("asr"))
-        self._transcripts = Subscriber(settings.endpoint("bus_sub"), [Transcript])
+        # AsrStatus too: a restarted dispatcher gets our requests in progress again (AsrClient).
+        self._transcripts = Subscriber(settings.endpoint("bus_sub"), [Transcript, AsrStatus])
         self._waiting: dict[str, asyncio.Future[Transcript]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd = -1
@@ -205,6 +206,7 @@ class PipelineTranscriber:
                     "(http_request_timeout_s)") from None
         finally:
             self._waiting.pop(utterance_id, None)
+            self._asr.settled(utterance_id)  # answered or given up: never to be submitted again
             # Freeing also bumps the generation: a worker that reads the slot later gets an error, not other audio.
             self.rings.free(lease)
         if transcript.error:
@@ -225,8 +227,12 @@ class PipelineTranscriber:
     def _drain(self) -> None:
         # Every Transcript of the run passes here (calls' too): keep only ours, once.
         for message in self._transcripts.drain():
+            if isinstance(message, AsrStatus):
+                self._asr.dispatcher_seen(message)
+                continue
             if not isinstance(message, Transcript):
                 continue
+            self._asr.settled(message.utterance_id)
             future = self._waiting.pop(message.utterance_id, None)
             if future is not None and not future.done():
                 future.set_result(message)

@@ -41,6 +41,12 @@ class AsrWorker:
         self.utterances = 0
         self.errors = 0
         self.flagged = 0
+        self.running: list[str] = []  # the utterance ids of the batch being run
+
+    def holding(self) -> tuple[str, ...]:
+        """Every utterance id this worker has (queued or running): told to the dispatcher with each
+        credit, so that a restarted dispatcher knows what is in flight here."""
+        return (*self.running, *self.batcher.keys())
 
     @property
     def capacity(self) -> int:
@@ -52,6 +58,8 @@ class AsrWorker:
         """Queue an utterance; returns an error transcript at once if its audio cannot be read."""
         if self.rings is None:
             raise RuntimeError("this worker has no rings to read utterances from")
+        if utterance.utterance_id in self.batcher or utterance.utterance_id in self.running:
+            return None  # sent again by a restarted dispatcher: already here, one transcript will come
         try:
             pcm = self.rings.read(SlotLease(utterance.slot, utterance.generation),
                                   utterance.start_sample, utterance.end_sample)
@@ -74,9 +82,13 @@ class AsrWorker:
         if not batch:
             return []
         started = self._clock()
-        results, timing = self.engine.transcribe([r.audio for r in batch], batch[0].window_s,
-                                                 [r.language for r in batch], while_waiting,
-                                                 [r.context for r in batch])
+        self.running = [r.key for r in batch]
+        try:
+            results, timing = self.engine.transcribe([r.audio for r in batch], batch[0].window_s,
+                                                     [r.language for r in batch], while_waiting,
+                                                     [r.context for r in batch])
+        finally:
+            self.running = []
         self.batches += 1
         if timing.inference_s > SLOW_BATCH_S:
             reasons = [r.reason for r in results if r.reason]

@@ -19,6 +19,13 @@ else dropped and counted as unknown_source; held memory is bounded by source and
 
 The capture runs in one asyncio loop: `datagram_received` per packet, `tick(now)` every 20 ms for
 the reorder deadlines and the expiry of unknown sources, `stats()` for the Metrics message.
+
+A restarted capture (kill -9, then the supervisor) carries on in the same slots: every tick
+bookmarks each call's RTP position against its ring cursor (`AudioRings.set_rtp_mark`), and a call
+learnt again whose ring already holds audio resumes from that bookmark. The first packet after
+the gap is placed where its timestamp says, the packets missed meanwhile become silence and are
+counted as lost: the call's audio is not shifted in time, so sample positions stay the caller's
+time for the VAD's resumed cuts.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import numpy.typing as npt
 
 from rtcore.media.jitterbuffer import Item, JitterBuffer, StreamStats
 from rtcore.media.rtp import unpack_slin16
+from rtcore.media.seqnum import uint16_diff, uint32_diff
 from rtcore.runtime.config import Settings
 from rtcore.runtime.ring import AudioRings, RingError, SlotLease
 
@@ -45,6 +53,8 @@ log = logging.getLogger(__name__)
 
 BIG_ENDIAN_INT16 = np.dtype(">i2")
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
+MAX_RESUME_GAP_S = 60.0  # a longer gap after a restart is not filled: the stream starts afresh
+BOOKMARK_EVERY_TICKS = 5  # 100 ms at the 20 ms tick
 _IPV4_MAPPED_PREFIX = "::ffff:"
 
 Samples = npt.NDArray[np.int16]
@@ -78,7 +88,7 @@ def parse_source(text: str) -> Source:
 
 
 class _Call:
-    __slots__ = ("addresses", "call_id", "jitter", "lease", "source")
+    __slots__ = ("addresses", "call_id", "jitter", "lease", "resume", "source")
 
     def __init__(self, call_id: str, lease: SlotLease, source: Source | None, jitter: JitterBuffer[Samples]) -> None:
         self.call_id = call_id
@@ -86,6 +96,9 @@ class _Call:
         self.source = source
         self.jitter = jitter
         self.addresses: list[Any] = []  # keys of the capture's routing table that lead here
+        # A predecessor's RTP bookmark (ssrc, next seq, next timestamp, ring cursor), until the
+        # first packet has been placed by it.
+        self.resume: tuple[int, int, int, int] | None = None
 
 
 class _EarlySource:
@@ -119,6 +132,9 @@ class RtpCapture(asyncio.DatagramProtocol):
         self.early_replayed = 0
         self.stale_slot = 0
         self.calls_total = 0
+        self.calls_resumed = 0  # calls taken over from a predecessor's bookmark
+        self._ticks = 0
+        self.resume_gaps = 0  # restart gaps filled with silence
         self.last_error = ""
         self._ended = StreamStats(clock_rate=self.options.clock_rate)  # sums over ended calls
 
@@ -157,6 +173,12 @@ class RtpCapture(asyncio.DatagramProtocol):
                     self.remove_call(other.call_id)
             o = self.options
             call = _Call(call_id, lease, None, JitterBuffer(o.reorder_window, o.clock_rate))
+            try:
+                call.resume = self._rings.rtp_mark(lease) if self._rings.cursor(lease) else None
+            except RingError:
+                call.resume = None
+            if call.resume is not None:
+                self.calls_resumed += 1
             self._calls[call_id] = call
             self.calls_total += 1
             log.info("call %s: slot %d, RTP from %s", call_id, lease.slot, rtp_source or "(not known yet)")
@@ -203,9 +225,19 @@ class RtpCapture(asyncio.DatagramProtocol):
     def tick(self, now: float | None = None) -> None:
         """Every ~20 ms: release gaps whose wait expired, drop unknown sources whose grace expired."""
         now = self._clock() if now is None else now
+        rings = self._rings
+        self._ticks += 1
+        # Any consistent (position, cursor) pair will do, however old: bookmark now and then.
+        bookmark = self._ticks % BOOKMARK_EVERY_TICKS == 0
         for call in list(self._calls.values()):
             if call.jitter.held:
                 self._write(call, call.jitter.flush_due(now))
+            position = call.jitter.position() if bookmark else None
+            if position is not None and call.resume is None:
+                try:
+                    rings.set_rtp_mark(call.lease, *position, rings.cursor(call.lease))
+                except RingError:
+                    pass  # the slot changed hands: CallEnded is on its way
         if self._early:
             grace = self.options.unknown_grace_s
             for source, early in list(self._early.items()):
@@ -233,6 +265,8 @@ class RtpCapture(asyncio.DatagramProtocol):
             "stale_slot": self.stale_slot,
             "calls_active": len(calls),
             "calls_total": self.calls_total,
+            "calls_resumed": self.calls_resumed,
+            "resume_gaps": self.resume_gaps,
             "received": totals.received,
             "lost": totals.lost,
             "late": totals.late,
@@ -275,8 +309,35 @@ class RtpCapture(asyncio.DatagramProtocol):
                 log.warning("call %s: invalid RTP datagram dropped: %s", call.call_id, exc)
             return
         n = (end - start) >> 1
+        if call.resume is not None:
+            self._resume(call, seq, timestamp, ssrc, n)
         self._write(call, call.jitter.push(seq, timestamp, ssrc, n, np.frombuffer(data, BIG_ENDIAN_INT16, n, start),
                                            arrival))
+
+    def _resume(self, call: _Call, seq: int, timestamp: int, ssrc: int, samples: int) -> None:
+        """The first packet of a call taken over from a predecessor: fill the gap since its last
+        written sample with silence of what the timestamps say is missing, count it as lost."""
+        mark_ssrc, mark_seq, mark_ts, mark_cursor = call.resume  # type: ignore[misc]
+        call.resume = None
+        if ssrc != mark_ssrc:
+            return  # another stream: nothing to line up with
+        try:
+            cursor = self._rings.cursor(call.lease)
+        except RingError:
+            return
+        # The bookmark says which timestamp goes at mark_cursor; samples written after it (up to
+        # 20 ms of them) followed on from it.
+        fill = uint32_diff(timestamp, mark_ts) - (cursor - mark_cursor)
+        missing = uint16_diff(seq, mark_seq) - (cursor - mark_cursor) // max(samples, 1)
+        if not 0 < fill <= MAX_RESUME_GAP_S * self.options.clock_rate or missing <= 0:
+            return
+        stats = call.jitter.stats
+        stats.lost += missing
+        stats.silence_samples += fill
+        self.resume_gaps += 1
+        log.info("call %s: resumed after a capture restart; %d packets (%.2f s) missed, filled with silence",
+                 call.call_id, missing, fill / self.options.clock_rate)
+        self._write(call, [fill])
 
     def _write(self, call: _Call, items: list[Item[Samples]]) -> None:
         rings = self._rings

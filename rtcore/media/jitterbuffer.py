@@ -87,6 +87,11 @@ class JitterBuffer(Generic[P]):
     def held(self) -> int:
         return len(self._held)
 
+    def position(self) -> tuple[int, int, int] | None:
+        """(ssrc, sequence number, timestamp) of the packet expected next, i.e. of what follows
+        everything released so far; None before the first packet."""
+        return (self._ssrc, self._next_seq, self._next_ts) if self._started else None
+
     def push(self, seq: int, timestamp: int, ssrc: int, samples: int, payload: P, arrival: float) -> list[Item[P]]:
         stats = self.stats
         stats.received += 1

@@ -19,11 +19,22 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
 
 import zmq
 
-from rtcore.runtime.messages import AnyMessage, Message, MessageError, UtteranceReady, decode, encode, topic
+from rtcore.runtime.messages import (
+    AnyMessage,
+    AsrStatus,
+    Message,
+    MessageError,
+    UtteranceReady,
+    decode,
+    encode,
+    topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +161,56 @@ class ControlReceiver(Receiver):
 class AsrClient:
     """Submits utterances to the ASR dispatcher (DEALER to its ROUTER). Unlike a PUB, a DEALER
     queues what it sends until the dispatcher is there, so no utterance is lost to a slow join;
-    the transcript comes back on the bus (Transcript, matched by utterance id)."""
+    the transcript comes back on the bus (Transcript, matched by utterance id).
 
-    def __init__(self, endpoint: str, ctx: ZmqContext | None = None) -> None:
+    The dispatcher's queue lives in its memory, so the client keeps every utterance it submitted
+    until its transcript comes back (`settled`), and submits them all again when a dispatcher it
+    has not seen before announces itself (`dispatcher_seen`, from AsrStatus on the bus): after a
+    dispatcher restart nothing queued or in flight is lost, and the dispatcher's de-duplication
+    by utterance id keeps a transcript from being published twice. Kept utterances are forgotten
+    after `keep_s` (a transcript that never comes: counted in `expired`)."""
+
+    def __init__(self, endpoint: str, ctx: ZmqContext | None = None, keep_s: float = 300.0) -> None:
         self.socket = _socket(ctx or zmq.Context.instance(), zmq.DEALER, linger_ms=1000)
         self.socket.connect(endpoint)
+        self.keep_s = keep_s
+        self.outstanding: OrderedDict[str, tuple[float, UtteranceReady]] = OrderedDict()
+        self.dispatcher: tuple[int, float] | None = None  # (pid, started_at) of the one last seen
+        self.resubmitted = 0
+        self.expired = 0
 
     def submit(self, utterance: UtteranceReady) -> None:
         self.socket.send(encode(utterance))
+        self.outstanding[utterance.utterance_id] = (time.monotonic(), utterance)
+        self._expire()
+
+    def settled(self, utterance_id: str) -> None:
+        """Its transcript came back: nothing more to keep."""
+        self.outstanding.pop(utterance_id, None)
+
+    def dispatcher_seen(self, status: AsrStatus) -> int:
+        """A dispatcher's AsrStatus; if it is another one than before, submit again everything
+        still without a transcript. Returns how many were submitted again."""
+        who = (status.pid, status.started_at)
+        if who == self.dispatcher:
+            return 0
+        first = self.dispatcher is None
+        self.dispatcher = who
+        self._expire()
+        for _, utterance in self.outstanding.values():
+            self.socket.send(encode(utterance))
+        if self.outstanding and not first:
+            log.warning("ASR dispatcher restarted (pid %d): %d utterances without a transcript submitted again",
+                        status.pid, len(self.outstanding))
+        self.resubmitted += len(self.outstanding)
+        return len(self.outstanding)
+
+    def _expire(self) -> None:
+        horizon = time.monotonic() - self.keep_s
+        while self.outstanding and next(iter(self.outstanding.values()))[0] < horizon:
+            utterance_id, _ = self.outstanding.popitem(last=False)
+            self.expired += 1
+            log.error("utterance %s: no transcript after %.0f s; forgotten", utterance_id, self.keep_s)
 
     def close(self) -> None:
         self.socket.close()

@@ -1,6 +1,6 @@
 """Per-call audio rings in one shared-memory segment.
 
-Layout: a header of `n_slots` rows of four uint64 words, then `n_slots` rings of `capacity` int16
+Layout: a header of `n_slots` rows of uint64 words (HEADER_WORDS), then `n_slots` rings of `capacity` int16
 samples (16 kHz mono). Each slot has one writer (the RTP capture) and any number of readers (VAD,
 ASR workers) that address audio by absolute sample index since the call started, so messages on the
 bus carry sample ranges, never audio.
@@ -38,11 +38,19 @@ from rtcore.runtime.audio import pcm16_to_float
 log = logging.getLogger(__name__)
 
 SAMPLE_DTYPE = np.dtype(np.int16)
-HEADER_WORDS = 6
+HEADER_WORDS = 10
 # Header word indices. _FREED orders freed slots (0: never used): the oldest is reused first.
 # _OWNER says which kind of process allocated the slot (SlotOwner), so that a restarted process
 # can free what its dead predecessor held without touching the others' slots.
-_GENERATION, _RESERVED, _CURSOR, _STATE, _FREED, _OWNER = range(HEADER_WORDS)
+# The last four are bookmarks that let a restarted reader or writer carry on where its
+# predecessor stopped (a process killed with -9 leaves nothing else behind):
+# - _VAD_RESUME + 1: where a restarted VAD resumes, the start of the speech it had not cut yet
+#   (or what it had read up to): everything before was cut and handed to the ASR;
+# - _RTP_SSRC, _RTP_NEXT (next sequence number << 32 | next timestamp), _RTP_CURSOR + 1: the
+#   RTP position matching a ring cursor, so a restarted capture fills the gap its restart left
+#   with silence of the right length instead of shifting the call's audio in time.
+(_GENERATION, _RESERVED, _CURSOR, _STATE, _FREED, _OWNER,
+ _VAD_RESUME, _RTP_SSRC, _RTP_NEXT, _RTP_CURSOR) = range(HEADER_WORDS)
 _FREE, _IN_USE = 0, 1
 # The header is padded to a page so that sample rings start page-aligned.
 _PAGE = 4096
@@ -186,6 +194,7 @@ class AudioRings:
             row[_GENERATION] += 1
             row[_CURSOR] = 0
             row[_RESERVED] = 0
+            row[_VAD_RESUME:] = 0
             return SlotLease(slot, int(row[_GENERATION]))
 
     def free(self, lease: SlotLease) -> None:
@@ -210,6 +219,39 @@ class AudioRings:
             return False
         row = self._header[lease.slot]
         return bool(row[_STATE] == _IN_USE and int(row[_GENERATION]) == lease.generation)
+
+    # --- bookmarks for restarted processes ---------------------------------------------------
+    def set_vad_resume(self, lease: SlotLease, sample: int) -> None:
+        """The VAD has cut and handed on everything before `sample` (see the header words)."""
+        if int(self._header[lease.slot, _GENERATION]) == lease.generation:
+            self._header[lease.slot, _VAD_RESUME] = sample + 1
+
+    def vad_resume(self, lease: SlotLease) -> int | None:
+        """Where a restarted VAD resumes on this slot, or None if no VAD ever ran on it."""
+        self._check_generation(lease)
+        word = int(self._header[lease.slot, _VAD_RESUME])
+        return word - 1 if word else None
+
+    def set_rtp_mark(self, lease: SlotLease, ssrc: int, next_seq: int, next_timestamp: int, cursor: int) -> None:
+        """The capture's RTP position: the packet (`next_seq`, `next_timestamp`) of stream `ssrc`
+        would be written at `cursor`. Written by the slot's writer only."""
+        row = self._header[lease.slot]
+        if int(row[_GENERATION]) != lease.generation:
+            return
+        row[_RTP_CURSOR] = 0  # invalid while the three words change
+        row[_RTP_SSRC] = ssrc
+        row[_RTP_NEXT] = (next_seq & 0xFFFF) << 32 | (next_timestamp & 0xFFFFFFFF)
+        row[_RTP_CURSOR] = cursor + 1
+
+    def rtp_mark(self, lease: SlotLease) -> tuple[int, int, int, int] | None:
+        """(ssrc, next_seq, next_timestamp, cursor) of the last capture on this slot, or None."""
+        self._check_generation(lease)
+        row = self._header[lease.slot]
+        cursor = int(row[_RTP_CURSOR])
+        if not cursor:
+            return None
+        packed = int(row[_RTP_NEXT])
+        return int(row[_RTP_SSRC]), packed >> 32, packed & 0xFFFFFFFF, cursor - 1
 
     # --- writer -------------------------------------------------------------------------------
     def write(self, lease: SlotLease, samples: npt.ArrayLike) -> int:

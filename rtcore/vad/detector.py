@@ -1,6 +1,14 @@
 """The VAD process's work, as library code: follow every call's ring, run one batched Silero
 inference per tick over the calls that have a new chunk, and turn probabilities into
 SpeechStarted / UtteranceReady messages (sample ranges in the ring, no audio copied).
+
+Nothing a caller says is lost to an ending or a restart:
+- at CallEnded the call's last audio is still run (the ring keeps it), and speech still pending
+  is cut there: a caller who hangs up mid-sentence has those words transcribed;
+- every tick, each call's ring slot is bookmarked with where the speech not cut yet starts
+  (`AudioRings.set_vad_resume`); a restarted VAD that learns a call in progress (the dialog
+  announces them again) resumes from that bookmark, so the speech in progress when its
+  predecessor died is cut whole, under the same utterance id if the old one had cut it already.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ class CallStream:
     last_progress: float = 0.0  # monotonic time the ring cursor last moved
     ignoring: bool = False
     utterances: int = 0
+    ending: bool = False  # CallEnded came: run what the ring still holds, cut, then forget the call
 
 
 @dataclass
@@ -54,6 +63,8 @@ class DetectorStats:
     utterances: int = 0
     speech_starts: int = 0
     stalled_flushes: int = 0
+    last_words: int = 0  # utterances cut at a call's end (the caller hung up while speaking)
+    resumed_calls: int = 0  # calls picked up from a predecessor's bookmark
     overruns: int = 0
     dropped_clicks: int = 0
     busy_s: float = 0.0
@@ -83,20 +94,30 @@ class UtteranceDetector:
             if known is not None and known.lease == lease:
                 return  # a repeated announcement (publishers may resend): nothing changes
             self._drop(message.call_id)
-            # Start at what is being written now: 0 for a new call; for a call learnt late (this
-            # process restarted, the dialog re-announces calls), its past is not cut again.
+            # A new call starts at 0. A call learnt late (this process restarted: the dialog
+            # announces the calls again) resumes at its predecessor's bookmark: the speech it had
+            # not cut yet is cut now, and what it had cut is not cut again. Without a bookmark (or
+            # one the ring no longer holds) it starts at what is being written now.
             try:
                 cursor = self.rings.cursor(lease)
+                resume = self.rings.vad_resume(lease)
             except StaleSlotError:
                 return  # already over
             start = cursor - cursor % CHUNK
+            oldest = cursor - self.rings.spec.capacity + CHUNK
+            if resume is not None and oldest <= resume <= cursor:
+                start = resume
+                self.stats.resumed_calls += 1
             self.calls[message.call_id] = CallStream(message.call_id, lease, Segmenter(self.options, start),
                                                      next_sample=start, last_cursor=cursor,
                                                      last_progress=self._clock())
             self.vad.add(message.call_id)
         elif isinstance(message, CallEnded):
-            self._drop(message.call_id)
-            self.contexts.pop(message.call_id, None)
+            call = self.calls.get(message.call_id)
+            if call is not None and call.lease == SlotLease(message.slot, message.generation):
+                call.ending = True  # its last chunks run at the next tick, then it is cut and dropped
+            else:
+                self._drop(message.call_id, ended=True)
         elif isinstance(message, CallContext):
             # Kept apart from the streams: the dialog may say it before its CallStarted reaches us.
             self.contexts[message.call_id] = message.context
@@ -110,11 +131,21 @@ class UtteranceDetector:
                 call.segmenter.reset(call.next_sample)
                 call.ignoring = ignoring
 
-    def _drop(self, call_id: str) -> None:
+    def _drop(self, call_id: str, ended: bool = False) -> None:
         call = self.calls.pop(call_id, None)
+        if ended:  # else kept: the dialog may send a call's context before its CallStarted
+            self.contexts.pop(call_id, None)
         if call is not None:
             self.vad.remove(call_id)
             self.stats.dropped_clicks += call.segmenter.dropped
+
+    def _finish(self, call: CallStream, out: list[Message]) -> None:
+        """The call ended and its audio is all run: cut what is pending (its last words)."""
+        events = call.segmenter.flush() if not call.ignoring else []
+        before = len(out)
+        self._emit(call, events, out)
+        self.stats.last_words += sum(isinstance(m, UtteranceReady) for m in out[before:])
+        self._drop(call.call_id, ended=True)
 
     # --- the tick -----------------------------------------------------------------------------
     def tick(self) -> list[Message]:
@@ -133,15 +164,21 @@ class UtteranceDetector:
             if cursor != call.last_cursor:
                 call.last_cursor = cursor
                 call.last_progress = now
-            elif call.segmenter.in_speech and now - call.last_progress >= self.stall_timeout_s:
+            elif call.segmenter.in_speech and not call.ending and now - call.last_progress >= self.stall_timeout_s:
                 self.stats.stalled_flushes += 1
                 self._emit(call, call.segmenter.flush(), out)
             available = (cursor - call.next_sample) // CHUNK
             if available > 0:
                 ready[call.call_id] = min(available, MAX_ROUNDS_PER_TICK)
+            elif call.ending:
+                self._finish(call, out)
         for round_no in range(max(ready.values(), default=0)):
             calls = [self.calls[cid] for cid, n in ready.items() if n > round_no and cid in self.calls]
             self._run_round(calls, out)
+        rings = self.rings
+        for call in self.calls.values():
+            segmenter = call.segmenter
+            rings.set_vad_resume(call.lease, segmenter.pending_start if segmenter.in_speech else call.next_sample)
         self.stats.ticks += 1
         self.stats.busy_s += time.perf_counter() - t0
         return out
@@ -203,6 +240,7 @@ class UtteranceDetector:
             "chunks": float(s.chunks), "mean_batch": s.chunks / s.inferences if s.inferences else 0.0,
             "max_batch": float(s.max_batch), "utterances": float(s.utterances),
             "speech_starts": float(s.speech_starts), "stalled_flushes": float(s.stalled_flushes),
+            "last_words": float(s.last_words), "resumed_calls": float(s.resumed_calls),
             "overruns": float(s.overruns), "busy_s": s.busy_s,
             "dropped_clicks": float(s.dropped_clicks + sum(c.segmenter.dropped for c in self.calls.values())),
         }

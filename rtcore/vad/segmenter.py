@@ -71,6 +71,11 @@ class Segmenter:
         self._continued = False  # the pending utterance continues one cut at max_samples
         self._last_end = first_sample  # end of the last chunk fed
 
+    @property
+    def pending_start(self) -> int:
+        """Where the utterance in progress starts (meaningful while in_speech)."""
+        return self._start
+
     def feed(self, chunk_start: int, probability: float) -> list[Event]:
         """One chunk [chunk_start, chunk_start + 512) and its speech probability."""
         opts = self.options
