@@ -71,14 +71,15 @@ def main(ctx: ProcessContext) -> None:
                         log.warning("from ASR worker %r: %s", identity, exc)
                         continue
                     if isinstance(message, UtteranceReady):
-                        if dispatcher.submit(message) == "full":
+                        if dispatcher.submit(message, now) == "full":
                             pub.publish(Transcript(utterance_id=message.utterance_id, call_id=message.call_id,
                                                    text="", error="ASR queue full", eos_at=message.eos_at,
                                                    published_at=time.time()))
                     elif isinstance(message, AsrCredit):
                         dispatcher.announce(identity, message, now)
                     elif isinstance(message, Transcript):
-                        first = dispatcher.complete(identity, message, now)
+                        latency = (time.time() - message.eos_at) * 1000 if message.eos_at else None
+                        first = dispatcher.complete(identity, message, now, latency)
                         if first is not None:
                             pub.publish(msgspec.structs.replace(first, published_at=time.time()))
             dispatcher.expire(now)

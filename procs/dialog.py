@@ -1,6 +1,7 @@
 """Dialog / ARI control process: ARI events, transcripts and speech starts in; prompts, call
 announcements and lead records out (rtcore.dialog.calls). Restarted after a crash, it takes back the
-calls in progress (rtcore.dialog.recovery) as soon as its events WebSocket connects."""
+calls in progress (rtcore.dialog.recovery) as soon as its events WebSocket connects. The ASR's load
+(AsrStatus) and the supervisor's Drain decide which new callers it takes (rtcore.dialog.admission)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import time
 import uvloop
 import zmq
 
+from rtcore.dialog.admission import AdmissionOptions
 from rtcore.dialog.ari.client import AriClient
 from rtcore.dialog.calls import CallController
 from rtcore.dialog.leads import LeadStore
 from rtcore.dialog.script import load_script
 from rtcore.intents import intent_source
 from rtcore.runtime.bus import Publisher, Subscriber
-from rtcore.runtime.messages import SpeechStarted, Transcript, UtteranceReady
+from rtcore.runtime.messages import AsrStatus, Drain, ProcessStarted, SpeechStarted, Transcript, UtteranceReady
 from rtcore.runtime.process import ProcessContext, run_process
 from rtcore.runtime.ring import AudioRings
 
@@ -37,11 +39,12 @@ async def serve(ctx: ProcessContext) -> None:
     store = LeadStore(s.redis_url, s.data_path / "lead-spool.jsonl", call_ttl_s=s.redis_call_ttl_s)
     store.start()
     publisher = Publisher(s.endpoint("bus_pub"))
-    subscriber = Subscriber(s.endpoint("bus_sub"), [Transcript, SpeechStarted, UtteranceReady])
+    subscriber = Subscriber(s.endpoint("bus_sub"),
+                            [Transcript, SpeechStarted, UtteranceReady, ProcessStarted, AsrStatus, Drain])
     ari = AriClient(s.ari_base_url, s.ari_user, s.ari_password.get_secret_value(), s.ari_app, s.ari_timeout)
     controller = CallController(ari, script, intents, rings, store, publisher.publish, s.rtp_ip, s.rtp_port,
                                 barge_in=s.dialog_barge_in, setup_timeout_s=s.dialog_setup_timeout_s,
-                                turn_join_s=s.dialog_turn_join_s)
+                                turn_join_s=s.dialog_turn_join_s, admission=AdmissionOptions.from_settings(s))
 
     def drain_bus() -> None:
         # Edge-triggered ZeroMQ FD: read everything queued at each wake-up.
@@ -69,9 +72,10 @@ async def serve(ctx: ProcessContext) -> None:
                 next_report = now + REPORT_EVERY_S
                 ctx.report({"calls": float(len(controller.calls)), "completed": float(controller.completed),
                             "failed": float(controller.failed), "ari_connected": float(ari.connected.is_set()),
-                            "ari_reconnects": float(ari.reconnects), "redis_connected": float(store.connected),
+                            "ari_reconnects": float(ari.reconnects), "ari_malformed_events": float(ari.malformed_events), "redis_connected": float(store.connected),
                             "redis_backlog": float(store.backlog), "bus_rejected": float(subscriber.rejected),
-                            **{name: float(n) for name, n in controller.counters.items()}})
+                            **{name: float(n) for name, n in controller.counters.items()},
+                            **controller.admission.metrics()})
     finally:
         loop.remove_reader(bus_fd)
         await controller.close()

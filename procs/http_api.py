@@ -2,8 +2,9 @@
 transcribing through the run's ASR dispatcher and workers.
 
 It reports ready once listening; its Metrics carry `listening_port` (the bound port, useful with
-http_port 0) and the request counters. Heartbeats come from an asyncio task, so they stop if the
-event loop is blocked.
+http_port 0) and the request and connection counters. Connections are held to the
+http_header_timeout_s, http_body_timeout_s and http_max_connections limits (HttpServer). Heartbeats
+come from an asyncio task, so they stop if the event loop is blocked.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import logging
 import time
 
 import uvloop
-from aiohttp import web
 
-from rtcore.asr.http_api import API_KEY, create_app, listening_url
+from rtcore.asr.http_api import API_KEY, ConnectionLimits, HttpServer, create_app, listening_url
 from rtcore.asr.transcriber import PipelineTranscriber, check_audio_fits
 from rtcore.runtime.process import ProcessContext, run_process
 from rtcore.runtime.ring import AudioRings
@@ -33,16 +33,13 @@ async def serve(ctx: ProcessContext) -> None:
     rings = AudioRings.attach(ctx.info.rings)
     transcriber = PipelineTranscriber(s, rings)
     transcriber.release_leftover_slots()  # after a crash of this process: its requests are gone
-    runner: web.AppRunner | None = None
+    server: HttpServer | None = None
     try:
         await transcriber.start(timeout_s=s.start_timeout_s)
         app = create_app(transcriber, s)
         # In-flight requests get part of the stop time to finish; the ASR stops after us.
-        runner = web.AppRunner(app, shutdown_timeout=s.stop_timeout_s / 2)
-        await runner.setup()
-        site = web.TCPSite(runner, s.http_host, s.http_port)
-        await site.start()
-        port = _bound_port(runner, s.http_port)
+        server = HttpServer(app, ConnectionLimits.from_settings(s), shutdown_timeout_s=s.stop_timeout_s / 2)
+        port = await server.start(s.http_host, s.http_port)
         api = app[API_KEY]
         # Reported before ready: the supervisor knows the port by the time the start returns.
         ctx.report({"listening_port": float(port), **api.metrics()})
@@ -57,17 +54,10 @@ async def serve(ctx: ProcessContext) -> None:
                 next_report = time.monotonic() + REPORT_EVERY_S
                 ctx.report({"listening_port": float(port), **api.metrics()})
     finally:
-        if runner is not None:
-            await runner.cleanup()
+        if server is not None:
+            await server.close()
         await transcriber.close()
         rings.close()
-
-
-def _bound_port(runner: web.AppRunner, configured: int) -> int:
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    return configured
 
 
 def main(ctx: ProcessContext) -> None:

@@ -62,6 +62,7 @@ async def serve(ctx: ProcessContext) -> None:
                 next_report = now + REPORT_EVERY_S
                 ctx.report({"placed": float(pbx.placed), "active": float(len(pbx.calls)),
                             "finished": float(pbx.finished), "declined": float(pbx.declined),
+                            "refused": float(pbx.refused),
                             "done": float(load is not None and load.done())})
     finally:
         if load is not None:

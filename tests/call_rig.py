@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from rtcore.dialog.admission import AdmissionOptions
 from rtcore.dialog.ari.client import AriClient
 from rtcore.dialog.calls import CallController
 from rtcore.dialog.leads import Lead, LeadStore, read_leads
@@ -46,7 +47,8 @@ async def until(condition: Callable[[], Any], timeout_s: float = 10.0) -> Any:
 class Rig:
     def __init__(self, short_dir: Path, barge_in: bool = True, prompt_seconds: Callable[[str], float] = lambda u: 0.02,
                  no_input_s: float = 0.3, slots: int = 4, sim: AriSimulator | None = None,
-                 setup_timeout_s: float = 5.0, call_ttl_s: float = 3600.0, turn_join_s: float = 0.0) -> None:
+                 setup_timeout_s: float = 5.0, call_ttl_s: float = 3600.0, turn_join_s: float = 0.0,
+                 admission: AdmissionOptions | None = None) -> None:
         self.dir = short_dir
         self.sim = sim or AriSimulator(app_name=APP, user=USER, password=PASSWORD, playback_duration=prompt_seconds)
         self.redis = PrivateRedis(short_dir / "run", short_dir / "data")
@@ -60,6 +62,7 @@ class Rig:
         self.setup_timeout_s = setup_timeout_s
         self.call_ttl_s = call_ttl_s
         self.turn_join_s = turn_join_s
+        self.admission = admission
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Rig:
@@ -82,7 +85,8 @@ class Rig:
         self.ari = AriClient(self.sim.url, USER, PASSWORD, APP, timeout_s=5.0, backoff_max_s=0.2)
         self.controller = CallController(self.ari, self.script, EmbeddedIntentSource(), self.rings, self.store,
                                          self.published.append, "127.0.0.1", 40000, barge_in=self.barge_in,
-                                         setup_timeout_s=self.setup_timeout_s, turn_join_s=self.turn_join_s)
+                                         setup_timeout_s=self.setup_timeout_s, turn_join_s=self.turn_join_s,
+                                         admission=self.admission)
         self.task = asyncio.get_running_loop().create_task(self.controller.run())
         await self.sim.wait_for_subscriber()
 

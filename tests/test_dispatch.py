@@ -101,14 +101,17 @@ def test_a_restarted_dispatcher_rebuilds_its_queue_from_workers_and_submitters()
     assert d.complete(b"asr-0.10", done(utt(0)), now=103.5) is None  # the dead one's late answer
 
 
-def test_the_queue_is_bounded_and_its_expected_wait_follows_the_throughput() -> None:
+def test_the_queue_is_bounded_and_the_expected_wait_is_what_utterances_wait() -> None:
     d = AsrDispatcher(queue_limit=3)
-    assert [d.submit(utt(i)) for i in range(4)] == ["queued", "queued", "queued", "full"]
+    assert [d.submit(utt(i), now=0.0) for i in range(4)] == ["queued", "queued", "queued", "full"]
     assert d.stats.refused_full == 1 and d.metrics()["refused_full"] == 1
-    assert d.expected_wait_ms(now=0.0) == 3000.0  # no throughput measured yet: a second each
-    d.announce(b"a.1", AsrCredit(worker="a", pid=1, capacity=2), now=0.0)
-    for _, u in d.assign(now=0.0):
-        d.complete(b"a.1", done(u, "a"), now=1.0)
-    assert d.throughput(now=1.0) == 0.2  # 2 transcripts in the last 10 s
-    assert d.expected_wait_ms(now=1.0) == 5000.0  # 1 waiting at 0.2/s
-    assert d.throughput(now=20.0) == 0.0
+    assert d.expected_wait_ms(now=2.0) == 2000.0  # no worker yet: the oldest has waited 2 s
+    d.announce(b"a.1", AsrCredit(worker="a", pid=1, capacity=2), now=2.0)
+    for _, u in d.assign(now=2.0):
+        d.complete(b"a.1", done(u, "a"), now=2.5, latency_ms=2600.0)
+    assert d.throughput(now=2.5) == 0.2  # 2 transcripts in the last 10 s
+    assert d.expected_wait_ms(now=2.5) == 2600.0  # what the last transcripts took
+    d.announce(b"a.1", AsrCredit(worker="a", pid=1, capacity=2), now=3.0)
+    [(_, last)] = d.assign(now=3.0)
+    d.complete(b"a.1", done(last, "a"), now=3.2, latency_ms=300.0)
+    assert d.expected_wait_ms(now=20.0) == 0.0  # nothing queued, nothing slow lately

@@ -143,3 +143,50 @@ def test_kill_9_of_the_dialog_mid_call_loses_no_call_and_leaks_nothing(short_dir
     for call_id in in_progress:
         lead = leads[call_id]
         assert any(t.source == "resume" for t in lead.turns) or "dialog" in lead.end_reason, lead
+
+
+@pytest.mark.timeout(900)  # as above: it may be the first launch
+def test_sigterm_drains_the_launch_then_it_stops_with_the_drain_in_its_report(short_dir: Path) -> None:
+    """SIGTERM: no new call (the embedded PBX's callers keep calling and are refused), the calls in
+    progress go on until drain_timeout_s, then are ended politely; then the run stops as usual."""
+    report_path = short_dir / "report.json"
+    out, err = open(short_dir / "stdout.log", "w+"), open(short_dir / "stderr.log", "w+")
+    env = {**launch_env(short_dir, "draintest"), "RTCORE_DRAIN_TIMEOUT_S": "4"}
+    proc = subprocess.Popen([sys.executable, "-m", "rtcore.cli", "launch", "--calls", "2", "--json", str(report_path)],
+                            env=env, cwd=REPO, stdout=out, stderr=err, text=True)
+    try:
+        client = redis.Redis.from_url(f"unix://{short_dir / 'run' / 'redis.sock'}", socket_timeout=2.0)
+
+        def mid_call() -> bool:
+            try:
+                return any(lead.turns and not lead.ended_at for lead in read_leads(client))
+            except redis.RedisError:
+                return False  # the private Redis is not up yet
+
+        deadline = time.monotonic() + 600
+        while not mid_call():
+            assert proc.poll() is None, (short_dir / "stderr.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no call reached its first turn"
+            time.sleep(0.2)  # another process's state: nothing to block on
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, (short_dir / "stderr.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+        err.close()
+    assert "report (drained, then stopped):" in (short_dir / "stdout.log").read_text()
+    drain = json.loads(report_path.read_text())["drain"]
+    assert drain["calls_in_progress"] >= 1 and drain["finished"] + drain["ended"] == drain["calls_in_progress"]
+    with PrivateRedis(short_dir / "run2", short_dir / "data" / "redis") as server:
+        reader = redis.Redis.from_url(server.url)
+        leads = list(read_leads(reader))
+        assert reader.smembers("rtcore:calls:active") == set()
+        reader.close()
+    assert all(lead.ended_at for lead in leads)
+    cut = [lead for lead in leads if lead.end_reason == "drain timeout"]
+    assert len(cut) == drain["ended"] and all(lead.outcome in OUTCOMES for lead in cut)
+    # Refused while draining (a caller may still be refused between the drain's end and the stop).
+    refused = [lead for lead in leads if lead.end_reason == "draining"]
+    assert len(refused) >= drain["refused"] and all(lead.outcome == "rejected" for lead in refused)

@@ -21,6 +21,7 @@ Socket-free, so it is tested directly; procs/asr_dispatch.py wires it to ZeroMQ.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Literal
@@ -69,14 +70,16 @@ class AsrDispatcher:
         self.queue_limit = queue_limit
         self.assign_from = started + holding_grace_s  # (monotonic) no work handed out before
         self.pending: deque[UtteranceReady] = deque()
-        self._published_at: deque[float] = deque()  # monotonic times, for the throughput
+        # (monotonic time, eos->transcript ms) of recent transcripts: throughput and expected wait
+        self._published_at: deque[tuple[float, float | None]] = deque()
+        self._queued_at: dict[str, float] = {}  # utterance id -> monotonic time it was queued
         self.workers: dict[bytes, WorkerState] = {}
         self.stats = DispatchStats()
         self._owner: dict[str, bytes] = {}  # in-flight utterance id -> worker identity
         self._queued: set[str] = set()
         self._done: OrderedDict[str, None] = OrderedDict()
 
-    def submit(self, utterance: UtteranceReady) -> Submitted:
+    def submit(self, utterance: UtteranceReady, now: float | None = None) -> Submitted:
         key = utterance.utterance_id
         owner = self._owner.get(key)
         holder = self.workers.get(owner) if owner is not None else None
@@ -92,6 +95,7 @@ class AsrDispatcher:
             return "full"
         self.pending.append(utterance)
         self._queued.add(key)
+        self._queued_at[key] = time.monotonic() if now is None else now
         self.stats.received += 1
         return "queued"
 
@@ -114,6 +118,7 @@ class AsrDispatcher:
             queued = next((u for u in self.pending if u.utterance_id == key), None) if key in self._queued else None
             if queued is not None:  # resubmitted already: not to be run a second time
                 self._queued.discard(key)
+                self._queued_at.pop(key, None)
                 self.pending.remove(queued)
             worker.in_flight[key] = queued
             self._owner[key] = identity
@@ -130,14 +135,17 @@ class AsrDispatcher:
                 break
             utterance = self.pending.popleft()
             self._queued.discard(utterance.utterance_id)
+            self._queued_at.pop(utterance.utterance_id, None)
             worker.in_flight[utterance.utterance_id] = utterance
             self._owner[utterance.utterance_id] = worker.identity
             self.stats.dispatched += 1
             out.append((worker.identity, utterance))
         return out
 
-    def complete(self, identity: bytes, transcript: Transcript, now: float) -> Transcript | None:
-        """A worker's transcript: returned if it is the first for its utterance, else None."""
+    def complete(self, identity: bytes, transcript: Transcript, now: float,
+                 latency_ms: float | None = None) -> Transcript | None:
+        """A worker's transcript: returned if it is the first for its utterance, else None.
+        `latency_ms`: its eos->transcript, for the expected wait."""
         key = transcript.utterance_id
         worker = self.workers.get(identity)
         if worker is not None:
@@ -151,28 +159,33 @@ class AsrDispatcher:
             self.workers[owner].in_flight.pop(key, None)
         if key in self._queued:  # re-queued meanwhile: it is done now, do not run it again
             self._queued.discard(key)
+            self._queued_at.pop(key, None)
             self.pending = deque(u for u in self.pending if u.utterance_id != key)
         self._done[key] = None
         if len(self._done) > DONE_MEMORY:
             self._done.popitem(last=False)
         self.stats.published += 1
-        self._published_at.append(now)
+        self._published_at.append((now, latency_ms))
         return transcript
+
+    def _recent(self, now: float) -> deque[tuple[float, float | None]]:
+        while self._published_at and self._published_at[0][0] < now - THROUGHPUT_WINDOW_S:
+            self._published_at.popleft()
+        return self._published_at
 
     def throughput(self, now: float) -> float:
         """Transcripts per second over the last THROUGHPUT_WINDOW_S."""
-        while self._published_at and self._published_at[0] < now - THROUGHPUT_WINDOW_S:
-            self._published_at.popleft()
-        return len(self._published_at) / THROUGHPUT_WINDOW_S
+        return len(self._recent(now)) / THROUGHPUT_WINDOW_S
 
     def expected_wait_ms(self, now: float) -> float:
-        """How long a new utterance would wait before a worker takes it: the queue ahead of it at
-        the recent throughput (with no throughput yet, a pessimistic second each)."""
-        waiting = len(self.pending)
-        if not waiting:
-            return 0.0
-        rate = self.throughput(now)
-        return 1000.0 * waiting / rate if rate > 0 else 1000.0 * waiting
+        """How long a new utterance can expect to wait for its transcript: the 90th percentile of
+        the eos->transcript of the last THROUGHPUT_WINDOW_S, or the age of the oldest utterance
+        still queued here if that is longer (a backlog builds up before transcripts show it).
+        Measured, not modelled: a queue under light load empties at once whatever its length."""
+        latencies = sorted(ms for _, ms in self._recent(now) if ms is not None)
+        recent = latencies[min(len(latencies) - 1, int(0.9 * len(latencies)))] if latencies else 0.0
+        oldest = (now - min(self._queued_at.values())) * 1000 if self._queued_at else 0.0
+        return max(recent, oldest)
 
     def expire(self, now: float) -> None:
         """Presume silent workers dead and re-queue their utterances."""
@@ -196,6 +209,7 @@ class AsrDispatcher:
                 del self._owner[utterance.utterance_id]
                 self.pending.appendleft(utterance)
                 self._queued.add(utterance.utterance_id)
+                self._queued_at[utterance.utterance_id] = time.monotonic()
                 self.stats.requeued += 1
         for key, held in worker.in_flight.items():
             # Adopted from the worker's list, its submitter's copy not here yet: that copy is

@@ -15,6 +15,14 @@ calls share the workers and are batched together.
 
 A transcript Whisper flagged as a hallucination (its inventions over silence or noise, e.g.
 "Sous-titres réalisés par...") comes back as empty text: it is not what the caller said.
+
+`HttpServer` listens for it behind `ConnectionLimits`, which aiohttp has no equivalent of: a
+connection has `header_timeout_s` to send each request's line and headers (counted from its
+connection, or from the end of its previous request: an idle keep-alive connection is closed as
+well), a request `body_timeout_s` to send its body (408 after, and the connection is closed), and
+at most `max_connections` are open at once (more are closed as they are accepted). So slow clients
+("slow loris") are cut and cannot hold every file descriptor. Errors of the HTTP layer itself (a
+garbage request line, an oversized header, a bad Content-Length) are JSON too, with status 400.
 """
 
 from __future__ import annotations
@@ -29,12 +37,17 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from rtcore.asr.transcriber import (
     ApiError,
@@ -52,6 +65,27 @@ log = logging.getLogger(__name__)
 
 MIB = 1 << 20
 _SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
+
+
+class RequestTimeout(ApiError):
+    """The request's body did not arrive within `ConnectionLimits.body_timeout_s`."""
+
+    status = 408
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one client may hold of the service (the http_header_timeout_s, http_body_timeout_s and
+    http_max_connections settings)."""
+
+    header_timeout_s: float = 10.0  # a request's line and headers, from the connection or the previous request
+    body_timeout_s: float = 60.0  # a request's body, from the end of its headers
+    max_connections: int = 256  # open at once; more are closed when accepted
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        return cls(header_timeout_s=settings.http_header_timeout_s, body_timeout_s=settings.http_body_timeout_s,
+                   max_connections=settings.http_max_connections)
 
 
 def decode_upload(data: bytes, filename: str, max_audio_s: float) -> npt.NDArray[np.float32]:
@@ -94,6 +128,13 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _one_line(text: str, limit: int = 200) -> str:
+    """aiohttp's multi-line error text (the offending bytes, a caret under them) on one line."""
+    parts = [line.strip() for line in text.splitlines()]
+    line = " ".join(part for part in parts if part and set(part) != {"^"})
+    return re.sub(r"^\d{3}, message: ", "", line)[:limit]  # aiohttp's HttpProcessingError prefix
+
+
 # --- the application ---------------------------------------------------------------------------
 class HttpApi:
     """The request handlers, the limits they enforce, and request counters for Metrics."""
@@ -104,6 +145,7 @@ class HttpApi:
         self.transcriber = transcriber
         self._intents = intents
         self.settings = settings
+        self.limits = ConnectionLimits.from_settings(settings)
         self.max_body_bytes = int(settings.http_max_upload_mb * MIB)
         self.languages = frozenset(_LANGUAGE_CODES)
         self.counters: Counter[str] = Counter()
@@ -117,22 +159,46 @@ class HttpApi:
     async def errors_as_json(self, request: web.Request,
                              handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         self.counters["requests"] += 1
+        connection = request.protocol if isinstance(request.protocol, _Connection) else None
+        if connection is not None:
+            connection.request_started()  # its headers are in: the header deadline no longer runs
         try:
-            response = await handler(request)
+            response = await self._answer(request, handler)
+            self.counters[f"responses_{response.status}"] += 1
+            if connection is not None and connection.close_after_answer:
+                # The rest of a body this slow (or broken) is not worth reading: answer, then close at once.
+                with suppress(ConnectionError):
+                    await response.prepare(request)
+                    await response.write_eof()
+                connection.force_close()
+            return response
+        finally:
+            if connection is not None:
+                connection.request_finished()
+
+    async def _answer(self, request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        too_large = (f"request body larger than {self.settings.http_max_upload_mb:g} MiB (http_max_upload_mb)")
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            return self._error(413, too_large)  # said by its Content-Length: refused before reading any of it
+        try:
+            return await handler(request)
         except ApiError as exc:
-            response = self._error(exc.status, exc.message)
+            return self._error(exc.status, exc.message)
         except web.HTTPRequestEntityTooLarge:
-            response = self._error(413, f"request body larger than {self.settings.http_max_upload_mb:g} MiB "
-                                        "(http_max_upload_mb)")
+            return self._error(413, too_large)
         except web.HTTPException as exc:  # the router's 404 and 405
             if exc.status < 400:
                 raise
-            response = self._error(exc.status, f"{exc.reason}: {request.method} {request.path}")
+            return self._error(exc.status, f"{exc.reason}: {request.method} {request.path}")
+        except ConnectionError:  # the client left before its body was read: nobody to answer
+            self.counters["clients_gone"] += 1
+            log.info("%s %s: the client closed the connection before its body was read", request.method,
+                     request.path)
+            return _json_response({"error": "the connection was closed before the body was read"}, status=400)
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
-            response = self._error(500, "internal error (see the service's log)")
-        self.counters[f"responses_{response.status}"] += 1
-        return response
+            return self._error(500, "internal error (see the service's log)")
 
     def _error(self, status: int, message: str) -> web.Response:
         if status >= 500 and status != 503:  # 503 is load, not a fault
@@ -153,9 +219,14 @@ class HttpApi:
             raise BadRequest("expected a multipart/form-data body with a file field 'audio' "
                              f"(got {request.content_type or 'no content type'})")
         try:
-            form = await request.post()
-        except ValueError as exc:  # a malformed multipart body
-            raise BadRequest(f"malformed multipart body: {exc}") from None
+            async with asyncio.timeout(self.limits.body_timeout_s):
+                form = await request.post()
+        except TimeoutError:
+            raise self._body_timeout(request) from None
+        except (ValueError, HttpProcessingError, RequestPayloadError) as exc:  # a malformed multipart body
+            if isinstance(exc, RequestPayloadError):
+                _close_after_answer(request)
+            raise BadRequest(f"malformed multipart body: {_one_line(str(exc))}") from None
         upload = form.get("audio")
         if upload is None:
             raise BadRequest("missing file field 'audio'")
@@ -176,11 +247,7 @@ class HttpApi:
 
     async def whisper(self, request: web.Request) -> web.Response:
         """Seed's /whisper: JSON with a base64 audio file; answers in the configured language."""
-        body = await request.read()
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"body is not valid JSON: {exc}") from None
+        payload = _parse_json(await self._body(request))
         if not isinstance(payload, dict):
             raise BadRequest("body must be a JSON object with a base64 'audio' field")
         encoded = payload.get("audio")
@@ -211,10 +278,7 @@ class HttpApi:
     async def _intent(self, request: web.Request, faq: bool) -> web.Response:
         from rtcore.intents import DIALOG_STATES, EmbeddedIntentSource
 
-        try:
-            payload = json.loads(await request.read())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"body is not valid JSON: {exc}") from None
+        payload = _parse_json(await self._body(request))
         if not isinstance(payload, dict) or not isinstance(payload.get("sentence"), str):
             raise BadRequest("body must be a JSON object with a string field 'sentence'")
         state = payload.get("state")
@@ -230,6 +294,22 @@ class HttpApi:
                                "slots": result.slots if intent != "unknown" else {}})
 
     # --- shared steps ------------------------------------------------------------------------
+    async def _body(self, request: web.Request) -> bytes:
+        """The whole body, within the body deadline (aiohttp refuses one over client_max_size: 413)."""
+        try:
+            async with asyncio.timeout(self.limits.body_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            raise self._body_timeout(request) from None
+        except RequestPayloadError as exc:  # e.g. a Content-Encoding it is not in, a broken chunked body
+            _close_after_answer(request)
+            raise BadRequest(f"request body could not be read: {_one_line(str(exc))}") from None
+
+    def _body_timeout(self, request: web.Request) -> RequestTimeout:
+        _close_after_answer(request)
+        return RequestTimeout(f"request body not received within {self.limits.body_timeout_s:g} s "
+                              "(http_body_timeout_s)")
+
     def _language(self, value: str) -> str:
         language = value.strip().lower()
         if language not in self.languages:
@@ -244,6 +324,21 @@ class HttpApi:
         self.counters["audio_seconds"] += audio.shape[0] / SAMPLE_RATE
         self.counters["hallucinations"] += result.hallucination
         return result
+
+
+def _close_after_answer(request: web.Request) -> None:
+    """The rest of this request's body is not worth reading (too slow, or broken): close once answered."""
+    if isinstance(request.protocol, _Connection):
+        request.protocol.close_after_answer = True
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("body is not valid JSON: nested too deeply") from None
 
 
 API_KEY = web.AppKey("api", HttpApi)
@@ -267,3 +362,119 @@ def create_app(transcriber: Transcriber, settings: Settings, intents: Any = None
 
 def listening_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+# --- listening, with limits on connections ------------------------------------------------------
+class HttpServer:
+    """The application on a TCP port, each connection held to `limits` (module docstring).
+
+    `start()` returns the bound port; `close()` stops accepting, then lets requests in flight finish
+    for up to `shutdown_timeout_s`. Counters (`connections_refused`, `connections_timed_out`,
+    `bad_http_requests`, `responses_400`...) go into the application's HttpApi counters."""
+
+    def __init__(self, app: web.Application, limits: ConnectionLimits | None = None,
+                 shutdown_timeout_s: float = 5.0) -> None:
+        self.app = app
+        self.limits = limits or (app[API_KEY].limits if API_KEY in app else ConnectionLimits())
+        self.counters: Counter[str] = app[API_KEY].counters if API_KEY in app else Counter()
+        self.open_connections = 0
+        self._runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout_s)
+        self._listener: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        await self._runner.setup()
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        keepalive = self.limits.header_timeout_s  # aiohttp's own idle timer, as ours
+
+        def connection() -> _Connection:
+            return _Connection(self, server, loop=loop, keepalive_timeout=keepalive)
+
+        self._listener = await loop.create_server(connection, host, port, backlog=128)
+        self.port = int(self._listener.sockets[0].getsockname()[1])
+        return self.port
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        await self._runner.cleanup()  # open connections: in-flight requests get the shutdown timeout
+
+
+class _Connection(web.RequestHandler):
+    """aiohttp's protocol for one connection, held to its server's limits; HTTP-layer errors as JSON."""
+
+    def __init__(self, owner: HttpServer, manager: web.Server, *, loop: asyncio.AbstractEventLoop,
+                 **kwargs: Any) -> None:
+        super().__init__(manager, loop=loop, **kwargs)
+        self._owner = owner
+        self._timer_loop = loop
+        self._admitted = False
+        self._deadline: asyncio.TimerHandle | None = None
+        self.close_after_answer = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        owner = self._owner
+        if owner.open_connections >= owner.limits.max_connections:
+            owner.counters["connections_refused"] += 1
+            if owner.counters["connections_refused"] & (owner.counters["connections_refused"] - 1) == 0:
+                log.warning("HTTP connection refused: %d open already (http_max_connections); %d refused so far",
+                            owner.open_connections, owner.counters["connections_refused"])
+            cast(asyncio.Transport, transport).abort()  # never handed to aiohttp: nothing to clean there
+            return
+        self._admitted = True
+        owner.open_connections += 1
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._admitted:
+            return
+        self._admitted = False
+        self._owner.open_connections -= 1
+        self._disarm()
+        super().connection_lost(exc)
+
+    def request_started(self) -> None:
+        self._disarm()
+
+    def request_finished(self) -> None:
+        if self._admitted:
+            self._arm()  # the next request's headers (or an idle keep-alive) are timed from now
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self._timer_loop.call_later(self._owner.limits.header_timeout_s, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self._owner.counters["connections_timed_out"] += 1
+        log.debug("HTTP connection closed: no complete request within %g s (http_header_timeout_s)",
+                  self._owner.limits.header_timeout_s)
+        self.force_close()
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A request the HTTP layer refused (400: unparsable) or a failure outside our middleware:
+        JSON like every other error, logged without a traceback unless it is ours (500)."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        counters = self._owner.counters
+        counters[f"responses_{status}"] += 1
+        if status >= 500:
+            log.error("HTTP %d outside the handlers", status, exc_info=exc)
+            text = "internal error (see the service's log)"
+        else:
+            counters["bad_http_requests"] += 1
+            text = _one_line(message or (exc and str(exc)) or HTTPStatus(status).phrase)
+            log.info("HTTP %d: request refused by the HTTP parser: %s", status, text)
+        response = _json_response({"error": text}, status=status)
+        response.force_close()
+        return response

@@ -13,7 +13,14 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from rtcore.cli.running import cmd_bench_load, cmd_bench_understanding, cmd_launch, cmd_serve
+from rtcore.cli.running import (
+    cmd_bench_chaos,
+    cmd_bench_load,
+    cmd_bench_understanding,
+    cmd_drain,
+    cmd_launch,
+    cmd_serve,
+)
 from rtcore.cli.tools import (
     cmd_config,
     cmd_intent,
@@ -61,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--caller-codec", choices=["ulaw", "alaw", "slin16"], default=None,
                         help="how simulated callers reach the embedded PBX (setting sim_caller_codec; default ulaw)")
     launch.set_defaults(func=cmd_launch)
+
+    drain = sub.add_parser("drain", help="drain the running `rtcore launch` of the instance: no new call, let the "
+                                         "calls in progress finish (drain_timeout_s), then stop; waits for it")
+    drain.set_defaults(func=cmd_drain)
 
     serve = sub.add_parser("serve", help="run the Whisper HTTP API with the batched ASR until Ctrl-C")
     serve.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds")
@@ -127,6 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     understanding.add_argument("--no-calls", action="store_true", help="only the offline measures (answers, WER)")
     understanding.add_argument("--out", default="bench/results", metavar="DIR")
     understanding.set_defaults(func=cmd_bench_understanding)
+    chaos = bench_sub.add_parser(
+        "chaos", help="kill every process type, stop Redis, throw malformed input at a loaded run; what was lost")
+    chaos.add_argument("--calls", type=int, default=16, metavar="N", help="simulated calls in progress")
+    chaos.add_argument("--interval", type=float, default=40.0, metavar="S", help="seconds between faults")
+    chaos.add_argument("--redis-down", type=float, default=8.0, metavar="S", help="how long Redis stays stopped")
+    chaos.add_argument("--rtp-datagrams", type=int, default=100_000, metavar="N", help="random RTP datagrams sent")
+    chaos.add_argument("--soak", type=float, default=0.0, metavar="S",
+                       help="no faults: run the load this long, report memory and descriptors per process")
+    chaos.add_argument("--faults", default="", help="comma-separated subset of: rtp_capture, vad, asr_dispatch, "
+                                                    "asr-0, dialog, http_api, redis, abuse (default: all)")
+    chaos.add_argument("--no-drain", action="store_true", help="end without the SIGTERM drain")
+    chaos.add_argument("--out", default="bench/results", metavar="DIR", help="where chaos.json/.md go")
+    chaos.set_defaults(func=cmd_bench_chaos)
 
     transcribe = sub.add_parser(
         "transcribe", help="segment audio files with the VAD and transcribe them with the batched ASR"
@@ -151,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     intent.set_defaults(func=cmd_intent)
 
-    for p in (launch, serve, models, config, segment, transcribe, build, export, load, understanding, intent):
+    for p in (launch, drain, serve, models, config, segment, transcribe, build, export, load, understanding, chaos,
+              intent):
         _add_setting_flags(p)
     return parser
 

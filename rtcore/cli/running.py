@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import select
 import signal
+import sys
 import time
 import types
 from pathlib import Path
@@ -13,6 +16,7 @@ from pathlib import Path
 from rtcore.runtime.config import Settings
 
 log = logging.getLogger("rtcore")
+STOP_MARGIN_S = 30.0  # `rtcore drain`: what a stop may take beyond the children's stop_timeout_s (Redis, models)
 
 
 def cmd_launch(args: argparse.Namespace, settings: Settings) -> int:
@@ -23,25 +27,82 @@ def cmd_launch(args: argparse.Namespace, settings: Settings) -> int:
     setup_logging(settings, process="supervisor")
     if args.caller_codec:
         settings = settings.model_copy(update={"sim_caller_codec": args.caller_codec})
+    # SIGTERM (a service manager, `rtcore drain`) drains: no new call, the calls in progress may
+    # finish (drain_timeout_s), then stop. Ctrl-C (SIGINT) stops now. A signal during a drain stops
+    # now; one more stops without waiting for the children to finish nicely.
+    drain_requested: list[int] = []
     stop_requested: list[int] = []
 
     def on_signal(signum: int, _frame: types.FrameType | None) -> None:
-        if stop_requested:  # a second Ctrl-C: stop waiting for the children to finish nicely
+        name = signal.Signals(signum).name
+        if stop_requested:
             raise KeyboardInterrupt
+        if signum == signal.SIGTERM and not drain_requested:
+            drain_requested.append(signum)
+            log.info("received %s: draining (no new call; up to %.0f s for the calls in progress), then stopping",
+                     name, settings.drain_timeout_s)
+            return
         stop_requested.append(signum)
-        log.info("received %s: stopping", signal.Signals(signum).name)
+        log.info("received %s: stopping%s", name, " now, without waiting for the drain" if drain_requested else "")
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
         report = run_launch(settings, calls=args.calls, total_calls=args.total_calls, duration_s=args.duration,
-                            should_stop=lambda: bool(stop_requested), progress=lambda line: print(line, flush=True))
+                            should_stop=lambda: bool(stop_requested), progress=lambda line: print(line, flush=True),
+                            drain_requested=lambda: bool(drain_requested))
     except LaunchError as exc:
         log.error("%s", exc)
         return 1
-    print(("partial report (stopped early):\n" if stop_requested else "report:\n") + format_report(report))
+    heading = ("partial report (stopped early):\n" if stop_requested
+               else "report (drained, then stopped):\n" if drain_requested else "report:\n")
+    print(heading + format_report(report))
     if args.json:
         Path(args.json).write_text(dump(report) + "\n")
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
+    """Drain the instance's running `rtcore launch` (SIGTERM to its supervisor) and wait for it to exit."""
+    from rtcore.runtime.supervisor import DRAIN_MARGIN_S, DRAIN_RESULT_FILE, InstanceLock
+
+    lock = InstanceLock(settings.run_path)
+    pid = lock.holder()
+    if pid is None:
+        print(f"rtcore drain: no rtcore supervisor of instance {settings.instance!r} is running "
+              f"(nothing holds {lock.path})", file=sys.stderr)
+        return 1
+    result = settings.run_path / DRAIN_RESULT_FILE
+    result.unlink(missing_ok=True)  # an earlier drain's
+    # Its drain, then its stop: every child in turn (up to stop_timeout_s each), Redis, the rest.
+    limit = settings.drain_timeout_s + DRAIN_MARGIN_S + STOP_MARGIN_S + 10 * settings.stop_timeout_s
+    try:
+        # A pidfd names that very process (no pid reuse) and becomes readable once it has exited,
+        # whether or not its parent has reaped it yet.
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        print(f"rtcore drain: supervisor pid {pid} of instance {settings.instance!r} has just exited", file=sys.stderr)
+        return 1
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        print(f"draining rtcore (instance {settings.instance!r}, supervisor pid {pid}): no new call; the calls in "
+              f"progress may go on for {settings.drain_timeout_s:.0f} s, then it stops", flush=True)
+        started = time.monotonic()
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        exited = bool(poller.poll(int(limit * 1000)))
+    finally:
+        os.close(pidfd)
+    if not exited:
+        print(f"rtcore drain: the supervisor (pid {pid}) is still running after {limit:.0f} s; stop it with "
+              f"`kill {pid}` (again: at once)", file=sys.stderr)
+        return 1
+    if result.exists():
+        drained = json.loads(result.read_text())
+        print(f"drained: {drained.get('calls_in_progress', 0)} calls in progress, {drained.get('finished', 0)} "
+              f"finished, {drained.get('ended', 0)} ended at the timeout, {drained.get('refused', 0)} new callers "
+              "refused")
+    print(f"stopped after {time.monotonic() - started:.1f} s")
     return 0
 
 
@@ -122,3 +183,21 @@ def cmd_bench_understanding(args: argparse.Namespace, settings: Settings) -> int
     print((out / "understanding.md").read_text())
     print(f"wrote {out / 'understanding.json'}, {out / 'understanding.md'}")
     return 0
+
+
+def cmd_bench_chaos(args: argparse.Namespace, settings: Settings) -> int:
+    from rtcore.launch.chaos import FAULTS, run_chaos
+    from rtcore.runtime.logs import setup_logging
+
+    setup_logging(settings.model_copy(update={"log_level": "WARNING"}), process="bench")
+    shared = Path(__file__).resolve().parents[3] / "shared" / "audio" / "fr"  # ../shared beside the checkout
+    audio = Path(settings.sim_audio_dir) if settings.sim_audio_dir else shared
+    out = Path(args.out)
+    report = run_chaos(settings, out, calls=args.calls, interval_s=args.interval, redis_down_s=args.redis_down,
+                       rtp_datagrams=args.rtp_datagrams, soak_s=args.soak, drain=not args.no_drain,
+                       faults_wanted=tuple(f.strip() for f in args.faults.split(",") if f.strip()) or FAULTS,
+                       audio_dir=audio if audio.is_dir() else None, progress=lambda line: print(line, flush=True))
+    print((out / "chaos.md").read_text())
+    print(f"wrote {out / 'chaos.json'}, {out / 'chaos.md'}")
+    lost = report["totals"]["lost"] + report["totals"]["duplicated"]
+    return 1 if lost else 0

@@ -11,6 +11,9 @@ Every ARI error is confined to its call.
 
 Each (re)connection of the events WebSocket is followed by a synchronisation with what Asterisk
 and Redis hold (rtcore.dialog.recovery): a restarted dialog process takes back the calls in progress.
+
+A new caller is first admitted (rtcore.dialog.admission): while the dialog drains, while the ASR is
+too far behind, or when no call slot is free, it is refused before it is answered or holds a slot.
 """
 
 from __future__ import annotations
@@ -23,6 +26,14 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from rtcore.dialog.admission import (
+    NO_FREE_SLOT,
+    Admission,
+    AdmissionOptions,
+    busy_prompt_done,
+    refuse,
+    schedule_drain_end,
+)
 from rtcore.dialog.ari.client import CONNECTED, AriClient, AriError
 from rtcore.dialog.call import Call
 from rtcore.dialog.engine import DialogEngine
@@ -31,7 +42,17 @@ from rtcore.dialog.leads import Lead, LeadStore, Turn
 from rtcore.dialog.script import DialogScript
 from rtcore.dialog.setup import BRIDGE, HELPER_CHANNEL_TYPES, OWN_ARGS_PREFIX, SetupError, StasisWaiter, connect_media
 from rtcore.dialog.turns import IntentSource, TurnTaking
-from rtcore.runtime.messages import CallEnded, CallStarted, Message, SpeechStarted, Transcript, UtteranceReady
+from rtcore.runtime.messages import (
+    AsrStatus,
+    CallEnded,
+    CallStarted,
+    Drain,
+    Message,
+    ProcessStarted,
+    SpeechStarted,
+    Transcript,
+    UtteranceReady,
+)
 from rtcore.runtime.ring import AudioRings, NoFreeSlotError
 
 log = logging.getLogger(__name__)
@@ -42,6 +63,8 @@ CALLER_HUNG_UP, BOT_HUNG_UP = "caller hung up", "bot hung up"
 RECENTLY_ENDED_KEPT = 4096
 # A caller's last words (cut by the VAD at hang-up, or in flight when the caller left) are
 # transcribed after the call ended: its lead stays at hand this long to take them.
+# Processes that learn the calls in progress from the dialog's announcements.
+REANNOUNCE_TO = frozenset({"rtp_capture", "vad"})
 LAST_WORDS_WAIT_S = 60.0
 LAST_WORDS_KEPT = 1024
 
@@ -50,7 +73,8 @@ class CallController(TurnTaking):
     def __init__(self, ari: AriClient, script: DialogScript, intents: IntentSource, rings: AudioRings,
                  store: LeadStore, publish: Callable[[Message], None], rtp_host: str, rtp_port: int,
                  barge_in: bool = True, clock: Callable[[], float] = time.time,
-                 setup_timeout_s: float = 5.0, turn_join_s: float = 0.0) -> None:
+                 setup_timeout_s: float = 5.0, turn_join_s: float = 0.0,
+                 admission: AdmissionOptions | None = None) -> None:
         self.ari = ari
         self.script = script
         self.intents = intents
@@ -71,9 +95,11 @@ class CallController(TurnTaking):
         self._playback_seq = 0
         self.recently_ended: OrderedDict[str, None] = OrderedDict()  # not to be taken for new callers
         self.ended_calls: OrderedDict[str, tuple[float, Call]] = OrderedDict()  # for their last words
+        self._last_words_taken: OrderedDict[str, None] = OrderedDict()  # utterance ids
         self.completed = 0
         self.failed = 0
         self.counters: Counter[str] = Counter()  # playback_failures, calls_resumed, setup_retries, ...
+        self.admission = Admission(admission or AdmissionOptions())
 
     # --- event intake -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -90,10 +116,17 @@ class CallController(TurnTaking):
         """What an ARI event means to us: new_call, own_channel, call_ended, playback_finished,
         dtmf, or ignored (the many events a client must tolerate)."""
         kind = event.get("type")
-        channel = event.get("channel") or {}
-        channel_id = channel.get("id", "")
+        # Fields of the wrong type (the ARI client drops such events; this holds whoever calls us)
+        # make the event mean nothing rather than raise.
+        channel = event.get("channel")
+        channel = channel if isinstance(channel, dict) else {}
+        channel_id = channel.get("id")
+        channel_id = channel_id if isinstance(channel_id, str) else ""
         if kind == "StasisStart":
-            args = [str(a) for a in event.get("args") or []]
+            if not channel_id:
+                return "ignored"
+            raw_args = event.get("args")
+            args = [str(a) for a in raw_args] if isinstance(raw_args, list) else []
             if self.is_helper(channel_id, str(channel.get("name", "")), args):
                 return "own_channel"
             if args[:1] == ["h"] or channel_id in self.calls or channel_id in self.recently_ended:
@@ -101,9 +134,10 @@ class CallController(TurnTaking):
             return "new_call"
         if kind == "StasisEnd" and channel_id in self.calls:
             return "call_ended"
-        if kind == "PlaybackFinished":
+        if kind == "PlaybackFinished" and isinstance(event.get("playback"), dict):
             return "playback_finished"
-        if kind == "ChannelDtmfReceived" and channel_id in self.calls:
+        digit = event.get("digit")
+        if kind == "ChannelDtmfReceived" and channel_id in self.calls and isinstance(digit, str) and len(digit) == 1:
             return "dtmf"
         return "ignored"
 
@@ -120,7 +154,9 @@ class CallController(TurnTaking):
             self.spawn(self.end_call(call, reason=BOT_HUNG_UP if call.hung_up_by_bot else CALLER_HUNG_UP))
         elif meaning == "playback_finished":
             playback = event.get("playback") or {}
-            if playback.get("state") == "failed":
+            if str(playback.get("id", "")) in self.admission.busy_playbacks:
+                self.spawn(busy_prompt_done(self, str(playback["id"])))  # a refused caller was told
+            elif playback.get("state") == "failed":
                 self._playback_failed(str(playback.get("id", "")), str(playback.get("media_uri", "")))
             else:
                 self._playback_finished(str(playback.get("id", "")))
@@ -129,7 +165,15 @@ class CallController(TurnTaking):
         return meaning
 
     def handle_message(self, message: Message) -> None:
-        """A bus message from the audio path or the ASR."""
+        """A bus message: about a call (from the audio path or the ASR), or about the run (a process
+        back, the ASR's load, a drain)."""
+        if isinstance(message, ProcessStarted):
+            if message.restarts and message.process in REANNOUNCE_TO:
+                self.reannounce()  # it has just come back knowing no call: tell it now
+            return
+        if isinstance(message, (AsrStatus, Drain)):
+            self.admission_message(message)
+            return
         call = self.calls.get(getattr(message, "call_id", ""))
         if call is None or call.ended:
             if isinstance(message, Transcript):
@@ -169,21 +213,29 @@ class CallController(TurnTaking):
 
     async def start_call(self, channel: dict[str, Any]) -> None:
         call_id = channel["id"]
-        if call_id in self.calls:
+        if call_id in self.calls or call_id in self.recently_ended:
+            return  # started (or refused) already: its StasisStart and a resynchronisation both found it
+        # Admitted, and its slot taken, before anything is done on the channel: a refused caller
+        # is neither answered nor holds a slot.
+        refusal = self.admission.refusal()
+        lease = None
+        if refusal is None:
+            try:
+                lease = self.rings.allocate()
+            except NoFreeSlotError:
+                refusal = NO_FREE_SLOT
+        if refusal is not None:
+            await refuse(self, channel, refusal)
             return
         caller = (channel.get("caller") or {}).get("number", "")
         call = self.new_call(call_id, caller)
+        call.lease = lease
         assert call.engine is not None and call.lead is not None
         log.info("call %s from %s", call_id, caller or "unknown")
         try:
             await self.ari.answer(call_id)
-            try:
-                call.lease = self.rings.allocate()
-            except NoFreeSlotError:
-                log.error("call %s: no free call slot (max_calls reached): ending it", call_id)
-                await self.fail(call, "no free call slot")
-                return
-            await self.say(call, call.engine.begin())
+            if not call.engine.ended:  # a drain's end may have cut it short already
+                await self.say(call, call.engine.begin())
             media = await connect_media(self, call)
         except (AriError, SetupError) as exc:
             if call.ended:
@@ -278,9 +330,8 @@ class CallController(TurnTaking):
         self.stasis.forget(call.helpers)
         if self.calls.get(call.call_id) is call:
             del self.calls[call.call_id]
-        self.recently_ended[call.call_id] = None
-        while len(self.recently_ended) > RECENTLY_ENDED_KEPT:
-            self.recently_ended.popitem(last=False)
+        self.remember_ended(call.call_id)
+        self.admission.call_ended(call.call_id)
         now = time.monotonic()
         self.ended_calls[call.call_id] = (now, call)
         while self.ended_calls and (len(self.ended_calls) > LAST_WORDS_KEPT
@@ -292,6 +343,22 @@ class CallController(TurnTaking):
             self.completed += 1
         log.info("call %s ended (%s): %s", call.call_id, reason, call.lead.outcome)
 
+    def remember_ended(self, call_id: str) -> None:
+        """A caller we are done with (ended, or refused) may linger in Asterisk a moment: not a new caller."""
+        self.recently_ended[call_id] = None
+        while len(self.recently_ended) > RECENTLY_ENDED_KEPT:
+            self.recently_ended.popitem(last=False)
+
+    def admission_message(self, message: AsrStatus | Drain) -> None:
+        """The ASR's load (who may be admitted), or a drain: no new call; at its deadline what is
+        still in progress is ended politely (rtcore.dialog.admission). A repeated Drain is a no-op."""
+        if isinstance(message, AsrStatus):
+            self.admission.asr_status(message)
+        elif self.admission.start_drain(message, self.calls):
+            log.warning("draining: no new call is taken; the %d calls in progress may go on for %.0f s",
+                        len(self.calls), max(0.0, self.admission.drain_deadline - self._clock()))
+            schedule_drain_end(self)
+
     def last_words(self, transcript: Transcript) -> None:
         """A transcript of a call that has ended: what the caller said as they hung up (the VAD
         cuts what it has at CallEnded) or before, still in flight. It goes into the lead as a turn
@@ -302,13 +369,16 @@ class CallController(TurnTaking):
         call = entry[1]
         if transcript.error or transcript.hallucination or not transcript.text.strip():
             return
+        if transcript.utterance_id in self._last_words_taken:
+            return  # a duplicate transcript
+        self._last_words_taken[transcript.utterance_id] = None
+        while len(self._last_words_taken) > LAST_WORDS_KEPT:
+            self._last_words_taken.popitem(last=False)
         self.counters["last_words"] += 1
         self.spawn(self._last_words(call, transcript))
 
     async def _last_words(self, call: Call, transcript: Transcript) -> None:
         assert call.lead is not None and call.engine is not None
-        if any(turn.utterance_id == transcript.utterance_id for turn in call.lead.turns):
-            return  # already taken (a duplicate transcript)
         result = await self.intents.classify(transcript.text, call.engine.state.state)
         turn = Turn(at=self._clock(), prompt=list(call.engine.state.last_prompts), transcript=transcript.text,
                     intent=result.intent, score=float(result.score), after_hangup=True,
@@ -350,9 +420,14 @@ class CallController(TurnTaking):
             "playbacks": call.playbacks}, ended=ended)
 
     async def close(self) -> None:
-        """Stop: end every call still in progress (their leads are closed as abandoned)."""
+        """Stop: end every call still in progress (their leads are closed as abandoned). After a
+        drain nothing is left: this is the last resort."""
         for call in list(self.calls.values()):
             await self.hangup(call)
             await self.end_call(call, reason="shutdown")
+        for playback_id in list(self.admission.busy_playbacks):
+            await busy_prompt_done(self, playback_id)  # refused callers still hearing the busy prompt
+        if self.admission.drain_timer is not None:
+            self.admission.drain_timer.cancel()
         for task in list(self._tasks):
             task.cancel()

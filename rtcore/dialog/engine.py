@@ -117,6 +117,16 @@ class DialogEngine:
         self.state.outcome = "error"
         return Reply([], hangup=True, outcome="error")
 
+    def cut_short(self, prompt: str) -> Reply:
+        """The call must end now, before its conversation does (a drain's time is up): `prompt`
+        (none if empty), then hang up. A call that had reached an ending keeps its outcome; one
+        that had not is `abandoned`, as when a caller leaves mid-way: its lead is incomplete and
+        its end reason says who cut it."""
+        if not self.ended:
+            self.state.outcome = "abandoned"
+            self.state.ending = ""
+        return Reply([prompt] if prompt else [], hangup=True, outcome=self.state.outcome)
+
     def on_dtmf(self, digit: str) -> Reply | None:
         """A key pressed; in the zip-code state 5 digits (or digits then #) make a zip code answer."""
         if self.ended or self.state.state != "ask_zip_code" or self.script.states[self.state.state].on.get(

@@ -76,7 +76,12 @@ class Lead:
     turns: list[Turn] = field(default_factory=list)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        text = json.dumps(asdict(self), ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from some odd input: escaped, still the same JSON
+            text = json.dumps(asdict(self))
+        return text
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Lead:
@@ -259,7 +264,7 @@ class LeadStore:
         self.spool_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.spool_path, "a", encoding="utf-8") as f:
             for op in ops:
-                f.write(json.dumps(op, ensure_ascii=False) + "\n")
+                f.write(json.dumps(op) + "\n")  # ASCII: any string can be spooled
             f.flush()
             os.fsync(f.fileno())
         self.spooled += len(ops)

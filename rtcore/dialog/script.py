@@ -74,6 +74,14 @@ class Recovery:
 
 
 @dataclass(frozen=True)
+class Admission:
+    """What the bot says to callers it does not take or cannot keep (see script.yaml's header)."""
+
+    busy: str = ""  # a prompt said to a new caller refused with admission_refuse=busy, then hung up
+    drain: str = ""  # a prompt said to the calls still in progress when a drain's time is up
+
+
+@dataclass(frozen=True)
 class DialogScript:
     start: str
     prompts: dict[str, Prompt]
@@ -83,6 +91,7 @@ class DialogScript:
     counters: dict[str, int]
     no_input: NoInput
     recovery: Recovery = field(default_factory=Recovery)
+    admission: Admission = field(default_factory=Admission)
     source: str = field(default="", compare=False)
 
 
@@ -160,11 +169,18 @@ def _build(data: Any, source: str) -> DialogScript:
             f"recovery: unknown key(s) {', '.join(sorted(map(str, unknown_keys)))} (known: ending, resume)"
         )
     recovery = Recovery(str(recovery_data.get("resume") or ""), str(recovery_data.get("ending") or ""))
+    admission_data = _mapping(data.get("admission", {}), "admission")
+    unknown_keys = set(admission_data) - {"busy", "drain"}
+    if unknown_keys:
+        raise ScriptError(
+            f"admission: unknown key(s) {', '.join(sorted(map(str, unknown_keys)))} (known: busy, drain)"
+        )
+    admission = Admission(str(admission_data.get("busy") or ""), str(admission_data.get("drain") or ""))
     global_actions = {str(i): _action(a, f"global.{i}") for i, a in _mapping(data.get("global", {}), "global").items()}
     for intent, prompt in _mapping(data.get("faq", {}), "faq").items():
         global_actions.setdefault(str(intent), Action(say=str(prompt)))
     script = DialogScript(
-        str(data["start"]), prompts, states, endings, global_actions, counters, no_input, recovery, source
+        str(data["start"]), prompts, states, endings, global_actions, counters, no_input, recovery, admission, source
     )
     _check(script)
     return script
@@ -182,6 +198,8 @@ def _check(s: DialogScript) -> None:
     if s.no_input.ending not in s.endings:
         raise ScriptError(f"no_input.ending: unknown ending {s.no_input.ending!r}")
     prompt(s.recovery.resume, "recovery.resume")
+    prompt(s.admission.busy, "admission.busy")
+    prompt(s.admission.drain, "admission.drain")
     if s.recovery.ending and s.recovery.ending not in s.endings:
         raise ScriptError(f"recovery.ending: unknown ending {s.recovery.ending!r}")
     for ending in s.endings.values():

@@ -80,8 +80,8 @@ class TurnTaking:
                 turn.latency_ms["eos_to_reply"] = (self._clock() - turn.latency_ms.pop("eos_at")) * 1000
             call.lead.turns.append(turn)
         if not reply.prompts:
-            if call.hangup_after_prompts:
-                await self.hangup(call)
+            if call.hangup_after_prompts and not call.playbacks and not call.saying:
+                await self.hangup(call)  # else once the goodbye playing now has ended
             return
         # Saved before the prompts are requested too: a process that dies while asking them must
         # leave its successor the turn it took (the saved state says which question to ask again).
@@ -195,8 +195,9 @@ class TurnTaking:
         self.save(call)
 
     async def _stop_prompts(self, call: Call) -> None:
-        """Barge-in: the caller speaks over the bot; stop what plays and what is queued."""
-        for playback_id in list(call.playbacks):
+        """Barge-in: the caller speaks over the bot; stop what plays and what is queued. The queued
+        ones first: stopping the one playing first would start the next before its stop arrives."""
+        for playback_id in reversed(list(call.playbacks)):
             try:
                 await self.ari.stop_playback(playback_id)
             except AriError as exc:
@@ -299,7 +300,8 @@ class TurnTaking:
         now = self._clock()
         self._cancel_no_input(call)
         turn = Turn(at=now, prompt=list(call.engine.state.last_prompts), transcript=transcript.text,
-                    utterance_id=transcript.utterance_id, latency_ms={"eos_to_transcript": ((transcript.published_at or now) - transcript.eos_at) * 1000
+                    utterance_id=transcript.utterance_id,
+                    latency_ms={"eos_to_transcript": ((transcript.published_at or now) - transcript.eos_at) * 1000
                                 if transcript.eos_at else 0.0,
                                 "asr_queue": transcript.queue_ms, "asr_inference": transcript.inference_ms,
                                 "eos_at": transcript.eos_at})

@@ -91,9 +91,14 @@ def left_behind(supervisor: Any, wait_s: float = 5.0) -> dict[str, int]:
 
 def run_launch(settings: Settings, calls: int | None = None, total_calls: int | None = None,
                duration_s: float | None = None, should_stop: Callable[[], bool] = lambda: False,
-               progress: Callable[[str], None] | None = None, progress_every_s: float = 5.0) -> dict[str, Any]:
+               progress: Callable[[str], None] | None = None, progress_every_s: float = 5.0,
+               drain_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
     """Run until the simulated load is done (every call placed and ended), `should_stop()`, or,
-    against a real Asterisk, `duration_s`; returns the report (rtcore.launch.report)."""
+    against a real Asterisk, `duration_s`; returns the report (rtcore.launch.report).
+
+    `drain_requested()` (SIGTERM, `rtcore drain`): the dialog takes no new call and the calls in
+    progress may finish for `drain_timeout_s` (Supervisor.drain; `should_stop()` cuts it short),
+    then the run stops as it would have; the report then has a `drain` part."""
     # Before any model is loaded: what is missing or misconfigured stops us within seconds.
     if not settings.redis_url:
         from rtcore.runtime.redis_server import require_redis_server
@@ -140,7 +145,8 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
         done_at: list[float] = []
         next_progress = [started + progress_every_s]
 
-        def finished() -> bool:
+        def observe() -> float:
+            """Read the bus and print progress now and then; the time."""
             collector.poll()
             now = time.monotonic()
             if progress is not None and now >= next_progress[0]:
@@ -150,7 +156,11 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
                 progress(f"[{now - started:6.0f} s] calls active {collector.calls_active}, finished "
                          f"{len(collector.calls_ended)} | eos->transcript p50 {t['p50']:.0f} p95 {t['p95']:.0f} ms | "
                          f"eos->reply p50 {r['p50']:.0f} p95 {r['p95']:.0f} ms")
-            if should_stop() or now >= deadline:
+            return now
+
+        def finished() -> bool:
+            now = observe()
+            if should_stop() or drain_requested() or now >= deadline:
                 return True
             if pbx is not None and pbx.metrics.get("done"):
                 # Every call placed and ended: give the last transcripts a moment.
@@ -158,8 +168,17 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
                 return collector.pending == 0 or now - done_at[0] > 15.0
             return False
 
-        log.info("running (%d processes); Ctrl-C stops", len(supervisor.children))
+        log.info("running (%d processes); Ctrl-C stops, SIGTERM drains (`rtcore drain`)", len(supervisor.children))
         supervisor.run(finished)
+        drain: dict[str, int] | None = None
+        if drain_requested() and not should_stop():
+            log.info("draining: no new call; the calls in progress may go on for %.0f s", settings.drain_timeout_s)
+
+            def drain_stop() -> bool:
+                observe()  # progress goes on during the drain
+                return should_stop()
+
+            drain = supervisor.drain(settings.drain_timeout_s, should_stop=drain_stop)
         collector.poll()
         client = redis.Redis.from_url(supervisor.settings.redis_url, socket_timeout=5.0)
         try:
@@ -167,7 +186,7 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
         finally:
             client.close()
         workers = [c.metrics for name, c in supervisor.children.items() if name.startswith("asr-")]
-        report = build_report(collector, leads, workers, cpu.percent())
+        report = build_report(collector, leads, workers, cpu.percent(), drain=drain)
         if simulated and pbx is not None and pbx.metrics.get("done"):
             report["left_behind"] = left_behind(supervisor)
         return report

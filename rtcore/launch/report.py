@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from rtcore.dialog.admission import REJECTED
 from rtcore.dialog.leads import Lead
 from rtcore.runtime.bus import Subscriber
 from rtcore.runtime.messages import CallEnded, CallStarted, Transcript, TurnTaken, UtteranceReady
@@ -116,15 +117,18 @@ class CpuMeter:
 
 
 def build_report(collector: LoadCollector, leads: Iterable[Lead], worker_metrics: list[dict[str, float]],
-                 cpu_percent: float) -> dict[str, Any]:
+                 cpu_percent: float, drain: dict[str, int] | None = None) -> dict[str, Any]:
+    """`drain`: what Supervisor.drain returned, when the run was drained before it stopped. Calls
+    the dialog refused (outcome `rejected`: admission control, a drain) are in `outcomes` only:
+    neither completed nor failed."""
     leads = [lead for lead in leads if lead.started_at >= collector.started_wall - 1]
     finished = [lead for lead in leads if lead.ended_at]
     outcomes = Counter(lead.outcome for lead in finished)
     batches = sum(m.get("batches", 0.0) for m in worker_metrics)
     utterances = sum(m.get("utterances", 0.0) for m in worker_metrics)
     total = len(collector.utterances)
-    return {
-        "calls_completed": sum(1 for lead in finished if lead.outcome != "error"),
+    report: dict[str, Any] = {
+        "calls_completed": sum(1 for lead in finished if lead.outcome not in ("error", REJECTED)),
         "calls_failed": outcomes.get("error", 0),
         "outcomes": dict(sorted(outcomes.items())),
         "utterances": {"total": total, "dropped": total - len(collector.utterances & collector.transcribed)},
@@ -137,6 +141,10 @@ def build_report(collector: LoadCollector, leads: Iterable[Lead], worker_metrics
                 "windows_s": {f"{w:g}": n for w, n in sorted(collector.windows.items())}},
         "cpu_percent": cpu_percent,
     }
+    if drain is not None:
+        report["drain"] = {key: int(drain.get(key, 0)) for key in ("calls_in_progress", "finished", "ended",
+                                                                    "refused")}
+    return report
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -152,6 +160,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"CPU {report['cpu_percent']} % of one core",
         *([("left behind: " + ", ".join(f"{k} {v}" for k, v in report["left_behind"].items()))]
           if report.get("left_behind") else []),
+        *([("drain: {calls_in_progress} calls in progress, {finished} finished, {ended} ended at the timeout, "
+            "{refused} new callers refused").format(**report["drain"])] if "drain" in report else []),
     ])
 
 

@@ -70,7 +70,11 @@ def scripted_calls(settings: Settings, scenarios: tuple[str, ...], per_scenario:
             leads = {lead.call_id: lead for lead in read_leads(client)}
             client.close()
     per: dict[str, dict[str, Any]] = {}
+    refused = 0
     for call_id, record in expectations.items():
+        if record.get("refused"):
+            refused += 1  # not taken (admission control): says nothing of understanding
+            continue
         row = per.setdefault(record["scenario"], {"calls": 0, "exact": 0, "misses": []})
         row["calls"] += 1
         lead = leads.get(call_id)
@@ -85,7 +89,7 @@ def scripted_calls(settings: Settings, scenarios: tuple[str, ...], per_scenario:
     for row in per.values():
         row["share"] = round(row["exact"] / row["calls"], 3) if row["calls"] else 0.0
     total = sum(r["calls"] for r in per.values())
-    return {"scenarios": dict(sorted(per.items())), "calls": total,
+    return {"scenarios": dict(sorted(per.items())), "calls": total, "refused": refused,
             "exact_share": round(sum(r["exact"] for r in per.values()) / total, 3) if total else 0.0,
             "eos_to_reply_ms": report["latency_ms"]["eos_to_reply"], "seconds": round(elapsed, 1)}
 

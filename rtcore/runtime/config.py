@@ -211,6 +211,13 @@ class Settings(BaseModel):
     bus_sub_endpoint: str = Field("", description="Where processes subscribe (ZeroMQ XPUB side); empty: ipc:// in "
                                                   "run_dir.")
     control_endpoint: str = Field("", description="Children's heartbeats to the supervisor; empty: ipc:// in run_dir.")
+    http_header_timeout_s: float = Field(10.0, gt=0, description="How long an HTTP connection may take to send a "
+                                                                 "request's line and headers (or stay idle between "
+                                                                 "requests); then it is closed.")
+    http_body_timeout_s: float = Field(60.0, gt=0, description="How long an HTTP request's body may take to arrive "
+                                                               "(408 and the connection closed after).")
+    http_max_connections: int = Field(256, ge=1, description="HTTP connections open at once; more are closed as they "
+                                                             "are accepted.")
 
     # --- supervision --------------------------------------------------------------------------
     heartbeat_interval_s: float = Field(1.0, gt=0)

@@ -5,6 +5,8 @@ left behind after a kill -9, create the audio rings, start the bus forwarder and
 channel, start a private redis-server if no Redis is configured, then start the children in order,
 each acknowledging with ProcessReady before the next starts.
 Run: watch exits and heartbeats; restart a dead or unresponsive child with backoff.
+Drain (before a stop, on request): the dialog takes no new call and lets those in progress finish
+(`drain`), supervision going on meanwhile.
 Stop: children in reverse order (SIGTERM, then SIGKILL after stop_timeout), then Redis, the bus,
 and the shared memory.
 """
@@ -12,6 +14,7 @@ and the shared memory.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -27,7 +30,15 @@ import zmq
 
 from rtcore.runtime.bus import BusProxy, ControlReceiver, Publisher
 from rtcore.runtime.config import Settings
-from rtcore.runtime.messages import Heartbeat, Message, Metrics, ProcessFailed, ProcessReady, ProcessStarted
+from rtcore.runtime.messages import (
+    Drain,
+    Heartbeat,
+    Message,
+    Metrics,
+    ProcessFailed,
+    ProcessReady,
+    ProcessStarted,
+)
 from rtcore.runtime.process import EXIT_INIT_FAILED, LaunchInfo, set_parent_death_signal
 from rtcore.runtime.redis_server import PrivateRedis
 from rtcore.runtime.ring import AudioRings, RingSpec, segment_name, sweep_leftovers
@@ -44,6 +55,12 @@ class SupervisorError(RuntimeError):
 # against CTranslate2's 40 s (48 calls). Our processes make small numpy calls, so one BLAS thread
 # each (the operator's environment wins).
 CHILD_ENV_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# A drain ends when the dialog has no call left, or this long after its timeout: the calls ended
+# at the timeout say their goodbye and hang up meanwhile.
+DRAIN_MARGIN_S = 15.0
+DRAIN_RESULT_FILE = "drain.json"  # in run_dir: the last drain's counters, for `rtcore drain` to print
+DRAIN_COUNTERS = {"calls_in_progress": "drain_calls_at_start", "finished": "drain_finished",
+                  "ended": "drain_ended", "refused": "refused_draining"}
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,24 @@ class InstanceLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def holder(self) -> int | None:
+        """The pid of the supervisor holding the lock, None if none does. (Probing takes the lock
+        for an instant: a supervisor starting at that very instant fails as if one ran.)"""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = os.read(fd, 32).decode(errors="replace").strip()
+                return int(text) if text.isdigit() else None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
 
 
 class Supervisor:
@@ -281,6 +316,41 @@ class Supervisor:
     def run(self, should_stop: Callable[[], bool]) -> None:
         while not should_stop():
             self.poll(0.1)
+
+    def drain(self, timeout_s: float, should_stop: Callable[[], bool] = lambda: False) -> dict[str, int]:
+        """Tell the dialog to take no new call and let those in progress finish for `timeout_s`
+        (then it ends the rest politely), supervising meanwhile. Drain is published every second
+        until the dialog reports `draining` (a dialog that restarts mid-drain gets it again); done
+        when it reports no call left, `timeout_s` + DRAIN_MARGIN_S after the start, or
+        `should_stop()`. Returns its counters: calls_in_progress (at the start), finished (by
+        themselves), ended (at the timeout), refused (new callers meanwhile); also written to
+        run_dir/drain.json."""
+        dialog = self.children.get("dialog")
+        if dialog is None:
+            return {}
+        drain = Drain(timeout_s=timeout_s, requested_at=time.time())
+        started = time.monotonic()
+        next_send = started
+        while not should_stop():
+            now = time.monotonic()
+            acknowledged = dialog.ready and dialog.metrics.get("draining") == 1.0
+            if acknowledged and dialog.metrics.get("calls", 0.0) == 0.0:
+                log.info("drain: every call has ended (%.1f s)", now - started)
+                break
+            if now - started > timeout_s + DRAIN_MARGIN_S:
+                log.warning("drain: %.0f calls still in progress after %.0f s: stopping anyway",
+                            dialog.metrics.get("calls", 0.0), now - started)
+                break
+            if not acknowledged and now >= next_send:
+                self.publish(drain)
+                next_send = now + 1.0
+            self.poll(0.1)
+        result = {name: int(dialog.metrics.get(key, 0.0)) for name, key in DRAIN_COUNTERS.items()}
+        log.info("drain: %s", json.dumps(result))
+        path = self.settings.run_path / DRAIN_RESULT_FILE
+        path.with_suffix(".tmp").write_text(json.dumps(result))
+        path.with_suffix(".tmp").replace(path)
+        return result
 
     # --- stop ---------------------------------------------------------------------------------
     def stop(self) -> None:

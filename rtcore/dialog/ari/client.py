@@ -6,6 +6,12 @@ the WebSocket drops; each time it (re)connects it first yields a `{"type": "Rtco
 "reconnect": bool}` marker, so the controller can find out what it does not know (Asterisk does
 not replay events: a call that arrived or ended meanwhile, or, for a restarted process, every
 call in progress).
+
+Only well-formed events reach the controller: a frame that is not a JSON object, has no string
+`type`, belongs to another application, whose `channel`, `playback`, `bridge`, `args` or DTMF
+`digit` are not what Asterisk sends (`malformed_reason`), or which escapes a lone surrogate (text
+no UTF-8 write can hold) is counted (`malformed_events`), logged and dropped, so nothing a frame
+holds can raise in the controller, act on a call, or poison what is written about it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +30,17 @@ log = logging.getLogger(__name__)
 
 CONNECTED = "RtcoreConnected"
 NOT_IN_STASIS = "not in Stasis application"
+# A frame larger than this breaks the WebSocket (aiohttp's default, explicit): reconnected and resynchronised.
+MAX_EVENT_BYTES = 4 << 20
+DTMF_DIGITS = frozenset("0123456789ABCDabcd*#")
+# Objects an event may carry whose fields the controller reads: each must be a JSON object whose `id`,
+# when present, is a non-empty string.
+_OBJECT_FIELDS = ("channel", "playback", "bridge", "recording", "peer", "replace_channel")
+_STRING_FIELDS = {"channel": ("id", "name", "state"), "playback": ("id", "state", "media_uri", "target_uri")}
+_NEEDS = {"StasisStart": "channel", "StasisEnd": "channel", "ChannelDtmfReceived": "channel",
+          "ChannelHangupRequest": "channel", "PlaybackStarted": "playback", "PlaybackFinished": "playback"}
+_MALFORMED_LOGGED = 10  # the first ones are logged one by one, then every 1000th
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class AriError(Exception):
@@ -63,6 +81,7 @@ class AriClient:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self.connected = asyncio.Event()
         self.reconnects = 0
+        self.malformed_events = 0  # frames dropped by malformed_reason (or not JSON)
 
     async def __aenter__(self) -> AriClient:
         return self
@@ -111,6 +130,14 @@ class AriClient:
 
     async def hangup(self, channel_id: str) -> None:
         await self.request("DELETE", f"/channels/{channel_id}")
+
+    async def continue_in_dialplan(self, channel_id: str, context: str | None = None, extension: str | None = None,
+                                   priority: int | None = None, label: str | None = None) -> None:
+        """The channel leaves our application (StasisEnd) and goes on in the dialplan: by default at
+        the priority after its Stasis(). 404: no such channel; 409: not in a Stasis application;
+        412: in an invalid state (an outbound channel not answered yet)."""
+        await self.request("POST", f"/channels/{channel_id}/continue", context=context, extension=extension,
+                           priority=priority, label=label)
 
     async def play(self, channel_id: str, media: str, playback_id: str) -> Any:
         return await self.request("POST", f"/channels/{channel_id}/play", media=media, playbackId=playback_id)
@@ -166,7 +193,8 @@ class AriClient:
         while not self._closing.is_set():
             try:
                 async with self.session.ws_connect(ws_url, params={"app": self.app, "subscribeAll": "false"},
-                                                   heartbeat=20.0, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)) as ws:
+                                                   heartbeat=20.0, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                                                   max_msg_size=MAX_EVENT_BYTES) as ws:
                     self._ws = ws
                     self.connected.set()
                     backoff = 0.2
@@ -177,14 +205,13 @@ class AriClient:
                     first = False
                     async for msg in ws:
                         if msg.type == aiohttp.WSMsgType.TEXT:
-                            try:
-                                event = json.loads(msg.data)
-                            except ValueError:
-                                log.warning("ARI sent a non-JSON event: %.200s", msg.data)
-                                continue
-                            if isinstance(event, dict) and "type" in event:
+                            event = self._parse_event(msg.data)
+                            if event is not None:
                                 yield event
-                        elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
+                        elif msg.type == aiohttp.WSMsgType.ERROR:
+                            log.warning("ARI events WebSocket failed: %s", ws.exception())
+                            break
+                        elif msg.type == aiohttp.WSMsgType.CLOSED:
                             break
             except aiohttp.WSServerHandshakeError as exc:
                 if exc.status == 401:
@@ -205,6 +232,79 @@ class AriClient:
             except TimeoutError:
                 pass
             backoff = min(backoff * 2, self.backoff_max_s)
+
+    def _parse_event(self, text: str) -> dict[str, Any] | None:
+        """The event a text frame holds, or None (counted, logged) when it is not a well-formed one."""
+        event: Any = None
+        try:
+            event = json.loads(text)
+        except (ValueError, RecursionError):  # nested too deep for the parser: not an event either
+            reason: str | None = "not JSON"
+        else:
+            reason = malformed_reason(event, self.app)
+            if reason is None and _SURROGATE_ESCAPE.search(text) and not _encodable(event):
+                # JSON can escape what UTF-8 cannot hold; a caller number with one would break every
+                # later write of its lead (Redis encodes as UTF-8).
+                reason = "a lone surrogate escape (not UTF-8 text)"
+        if reason is None:
+            return dict(event)
+        self.malformed_events += 1
+        if self.malformed_events <= _MALFORMED_LOGGED or self.malformed_events % 1000 == 0:
+            log.warning("ARI event dropped (%s; %d so far): %.200s", reason, self.malformed_events, text)
+        return None
+
+
+def malformed_reason(event: Any, app: str | None = None) -> str | None:
+    """Why `event` (parsed JSON) is not an ARI event the controller can act on safely; None if it is.
+
+    Checked: a JSON object with a non-empty string `type`; `application`, when present, a string and
+    one of `app` (comma-separated; with subscribeAll=false Asterisk sends only ours); `channel`,
+    `playback`, `bridge` (and the other objects events carry) JSON objects whose `id` is a non-empty
+    string, their names and states strings; `args` a list of strings; a DTMF `digit` one of 0-9 A-D
+    * #; and the object each event the controller acts on is about (StasisStart's channel,
+    PlaybackFinished's playback...) present."""
+    if not isinstance(event, dict):
+        return f"JSON {type(event).__name__}, not an object"
+    kind = event.get("type")
+    if not isinstance(kind, str) or not kind:
+        return "no type" if kind is None else "type is not a non-empty string"
+    application = event.get("application")
+    if application is not None and (not isinstance(application, str)
+                                    or (app is not None and application not in app.split(","))):
+        return f"{kind} of another application ({application!r:.40})"
+    for name in _OBJECT_FIELDS:
+        value = event.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            return f"{kind}.{name} is a {type(value).__name__}, not an object"
+        object_id = value.get("id")
+        if object_id is not None and (not isinstance(object_id, str) or not object_id):
+            return f"{kind}.{name}.id is not a non-empty string"
+        for field in _STRING_FIELDS.get(name, ()):
+            if value.get(field) is not None and not isinstance(value[field], str):
+                return f"{kind}.{name}.{field} is not a string"
+        if name == "channel" and value.get("caller") is not None and not isinstance(value["caller"], dict):
+            return f"{kind}.channel.caller is not an object"
+    needed = _NEEDS.get(kind)
+    if needed is not None and not isinstance((event.get(needed) or {}).get("id"), str):
+        return f"{kind} without a {needed} id"
+    args = event.get("args")
+    if args is not None and (not isinstance(args, list) or not all(isinstance(a, str) for a in args)):
+        return f"{kind}.args is not a list of strings"
+    if kind == "ChannelDtmfReceived":
+        digit = event.get("digit")
+        if not isinstance(digit, str) or digit not in DTMF_DIGITS:
+            return f"ChannelDtmfReceived digit {digit!r:.20} is not one of 0-9 A-D * #"
+    return None
+
+
+def _encodable(event: Any) -> bool:
+    try:
+        json.dumps(event, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _query_value(value: Any) -> str:

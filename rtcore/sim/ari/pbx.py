@@ -12,6 +12,8 @@ The events:
 - the far end hanging up: ChannelVarset RTPAUDIOQOS* ×5, ChannelHangupRequest (no cause), StasisEnd —
   no ChannelDestroyed (the channel went back to the dialplan); DELETE by the app: ChannelHangupRequest
   (cause 32 = explicit soft hangup, soft true) first;
+- continue (the app hands a channel back to the dialplan): StasisEnd, the app's last event about it;
+  the dialplan then runs on without it: the sample one's `Hangup()` after `Stasis()`;
 - the snoops of a channel that went away leave their bridge (ChannelVarset BRIDGEPEER="",
   ChannelLeftBridge), end their recording and get StasisEnd ~14 ms later, on their own;
 - externalMedia: reply state Down, then Dial "", ChannelStateChange Up, Dial ANSWER, ChannelVarset
@@ -168,6 +170,30 @@ class SimulatedPbx:
     def send_dtmf(self, channel: Channel, digit: str, duration_ms: int) -> None:
         self._emit_channel(channel, "ChannelDtmfReceived", {"digit": digit, "duration_ms": duration_ms})
 
+    def continue_in_dialplan(self, channel: Channel, context: str | None, exten: str | None,
+                             priority: int | None) -> None:
+        """POST /channels/{id}/continue: the channel leaves Stasis and runs the dialplan on, where
+        Asterisk's ast_ari_channels_continue_in_dialplan() sends it (by default the priority after
+        Stasis()). The simulated dialplan is the sample extensions.conf, `Stasis(app,${EXTEN})` then
+        `Hangup()`, with nothing anywhere else, so wherever it goes on the channel is hung up
+        (normal clearing) on its own thread a moment later; the application, no longer subscribed to
+        it, hears none of that."""
+        here = channel.dialplan
+        if context:
+            channel.dialplan = Dialplan(context, exten or "s", priority or 1)
+        else:
+            channel.dialplan = Dialplan(here.context, exten or here.exten,
+                                        priority or (1 if exten else here.priority + 1))
+        channel.continued = True
+        self._leave_stasis(channel)
+        channel.dialplan.app_name, channel.dialplan.app_data = "Hangup", ""
+
+        def hang_up() -> None:
+            if self.channels.get(channel.id) is channel:
+                self.hangup(channel, by_app=False)
+
+        self._later(0.0, hang_up)
+
     # --- hang-ups ------------------------------------------------------------------------------
     def hangup(self, channel: Channel, *, by_app: bool, cause: int = NORMAL_CLEARING) -> None:
         """DELETE /channels/{id} (by_app) or the far end hanging up."""
@@ -208,6 +234,7 @@ class SimulatedPbx:
 
     def _forget(self, channel: Channel) -> None:
         self.channels.pop(channel.id, None)
+        self.hub.notifier.changed()  # a channel gone without an event the application gets (continued)
         if channel.media is not None:
             self.spawn(self._release_media(channel))
         snoops = [c for c in self.channels.values() if c.snoop_target_id == channel.id]

@@ -206,6 +206,23 @@ def answer(pbx: SimulatedPbx, args: Arguments) -> Reply:
     return NO_CONTENT
 
 
+@handles("channels.continueInDialplan")
+def continue_in_dialplan(pbx: SimulatedPbx, args: Arguments) -> Reply:
+    """ast_ari_channels_continue_in_dialplan(): the channel leaves Stasis and runs the dialplan on."""
+    channel = find_control(pbx, args.text("channelId"))
+    require_state_valid(channel)
+    priority = args.integer("priority")
+    label = args.text("label")
+    if label:  # it supersedes priority; the simulated dialplan has no labels, only numbers
+        if not label.strip().lstrip("-").isdigit():
+            raise AriError(404, "Not Found", "Requested label can not be found")
+        priority = int(label)
+        if priority == 0:
+            raise AriError(400, "Bad Request", "Requested priority is illegal")
+    pbx.continue_in_dialplan(channel, args.text("context"), args.text("extension"), priority or None)
+    return NO_CONTENT
+
+
 def play_reply(pbx: SimulatedPbx, target: Channel | Bridge, args: Arguments, default_language: str) -> Reply:
     if args.integer("skipms") < 0:
         raise AriError(400, "Bad Request", "skipms cannot be negative")

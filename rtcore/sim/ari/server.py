@@ -9,8 +9,13 @@ rest_bridges.py). Replies are compact JSON with Asterisk's status, reason phrase
 
 The test (or `rtcore launch`) side drives the PBX: `place_call`, `send_dtmf`, `hangup` (the caller
 hangs up), `finish_media` (a media item plays to its end now), `fail_playbacks` (media that fail as a
-broken file does), `drop_event_sockets`; and inspects it:
+broken file does), `drop_event_sockets`, `inject_frames` (raw text frames, malformed ones included, on
+the events WebSockets: what no Asterisk sends, for abuse tests); and inspects it:
 `requests`, `events`, `channel()`, `playbacks`..., and `wait_for*` to wait without sleeping.
+
+Test hooks over HTTP live outside `/ari` (so the ARI routes and their swagger checks never see them),
+behind the same credentials: `POST /_sim/events` with `{"app": NAME, "frames": [text, ...]}` sends each
+frame as it is to the WebSockets holding NAME and answers `{"frames": n, "sockets": m}`.
 
 Usage:
     async with AriSimulator("voicebot", "asterisk", "secret") as sim:
@@ -55,6 +60,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ARI_PREFIX = "/ari"
+SIM_PREFIX = "/_sim"  # test hooks, outside ARI
 AUTH_REQUIRED = AriError(401, "Unauthorized", "Authentication required",
                          {"WWW-Authenticate": 'Basic realm="Asterisk REST Interface"'})
 DTMF_DIGITS = frozenset("0123456789ABCDabcd*#")
@@ -119,6 +125,7 @@ class AriSimulator:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         app = web.Application()
         app.router.add_route("*", ARI_PREFIX + "{tail:.*}", self._dispatch)
+        app.router.add_post(SIM_PREFIX + "/events", self._inject_events)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -192,6 +199,17 @@ class AriSimulator:
             subscriber.abort()
         if dropping:
             await asyncio.wait([ended for _, ended in dropping], timeout=WEBSOCKET_EXIT_TIMEOUT_S)
+
+    def inject_frames(self, frames: list[str], app: str | None = None) -> int:
+        """Sends each text frame as it is (not JSON, not an event, anything) to every events WebSocket
+        holding `app` (default: ours) or subscribed to all, after the events already queued there;
+        nothing enters `events`. Returns how many sockets got them."""
+        target = app or self.app_name
+        sockets = [s for s in self.hub.subscribers if s.holds(target) or s.subscribe_all]
+        for subscriber in sockets:
+            for frame in frames:
+                subscriber.outbox.put_nowait(frame)
+        return len(sockets)
 
     def _existing(self, channel_id: str) -> Channel:
         channel = self.pbx.channels.get(channel_id)
@@ -304,6 +322,32 @@ class AriSimulator:
         except Exception:
             log.exception("simulator handler failed", extra={"operation": operation.key})
             raise AriError(500, "Internal Server Error", "Internal Server Error") from None
+
+    async def _inject_events(self, request: web.Request) -> web.Response:
+        """POST /_sim/events {"app", "frames": [str, ...]}: inject_frames over HTTP (a test hook)."""
+        try:
+            if not self._authorized(request):
+                raise AUTH_REQUIRED
+            try:
+                # Not request.read(): its 1 MiB limit would refuse the enormous frames a test sends.
+                body = json.loads(await request.content.read())
+            except ValueError:
+                raise AriError(400, "Bad Request", "Error parsing request body") from None
+            frames = body.get("frames") if isinstance(body, dict) else None
+            app = body.get("app") if isinstance(body, dict) else None
+            if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
+                raise AriError(400, "Bad Request", "'frames' must be a list of strings")
+            try:
+                for frame in frames:
+                    frame.encode()
+            except UnicodeEncodeError:  # a text frame is UTF-8: a lone surrogate cannot be sent
+                raise AriError(400, "Bad Request", "'frames' must be valid UTF-8 text") from None
+            if app is not None and not isinstance(app, str):
+                raise AriError(400, "Bad Request", "'app' must be a string")
+            reply = Reply(200, {"frames": len(frames), "sockets": self.inject_frames(frames, app)})
+        except AriError as error:
+            reply = Reply(error.status, {"message": error.message}, error.reason, error.headers)
+        return _response(reply)  # not in `requests`: those are the ARI requests
 
     def _record(self, request: web.Request, status: int) -> None:
         query = {name: value for name, value in request.query.items() if name != "api_key"}

@@ -149,6 +149,7 @@ class Channel:
     whisper: str = "none"
     media: ExternalMedia | None = None
     hanging_up: bool = False
+    continued: bool = False  # the application handed it back to the dialplan (POST /continue)
 
     def to_json(self, *, with_channelvars: bool = False) -> dict[str, Any]:
         snapshot: dict[str, Any] = {

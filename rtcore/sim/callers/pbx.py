@@ -12,6 +12,10 @@ stopped prompt stops at once.
 Each caller hears the bot's prompts (playback events of its channel) and, when a question it
 has a response for has played to its end, answers after a human-like pause: phrasebook audio,
 DTMF, a sentence of real speech, or silence. A barge-in caller talks over a chosen prompt.
+
+A caller the bot does not take (admission control, a drain) sees it as a real one would: handed
+back to the dialplan (ARI continue), which hangs up without the call being answered, or answered
+with the busy prompt then hung up. It is counted `refused` and the next call replaces it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ log = logging.getLogger(__name__)
 PACKET_SAMPLES = 320
 PAYLOAD_TYPE = 118
 TICK_S = 0.2  # how often run_load tops the calls in progress back up
+REFUSAL_PROMPTS = ("busy_refused",)  # what the bot says to a caller it does not take (admission.busy)
 RTP_HEADER = struct.Struct("!BBHII")
 
 
@@ -63,6 +68,13 @@ class SimulatedCall:
     typed: str = ""  # DTMF digits typed
     said: list[np.ndarray] = field(default_factory=list)  # everything sent, for the recording
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    channel: Channel | None = None  # the simulator's, still readable once it is gone
+    told_busy: bool = False  # heard the bot's refusal prompt
+
+    @property
+    def refused(self) -> bool:
+        """The bot did not take the call: handed back to the dialplan unanswered, or told it is busy."""
+        return self.told_busy or (self.channel is not None and self.channel.continued)
 
 
 class CallerMedia(MediaHooks):
@@ -125,6 +137,7 @@ class CallerPbx:
         self.placed = 0
         self.finished = 0
         self.declined = 0  # placements Asterisk declined: no application registered
+        self.refused = 0  # calls the bot did not take (SimulatedCall.refused)
         self.outcomes_expected: dict[str, str] = {}
         self._sender: asyncio.Task[None] | None = None
 
@@ -138,7 +151,8 @@ class CallerPbx:
         native = "slin16" if self.codec == "slin16" else self.codec
         channel_id = await self.sim.place_call(caller_number=number, native_format=native)
         call = SimulatedCall(channel_id, ScenarioRun(scenario), time.monotonic(),
-                             ssrc=self.rng.getrandbits(32), seq=self.rng.getrandbits(16))
+                             ssrc=self.rng.getrandbits(32), seq=self.rng.getrandbits(16),
+                             channel=self.sim.channel(channel_id))
         self.calls[channel_id] = call
         self.placed += 1
         self.outcomes_expected[channel_id] = scenario.outcome
@@ -153,10 +167,11 @@ class CallerPbx:
                 call.pending.cancel()
             call.ended.set()
             self.finished += 1
+            self.refused += call.refused
             if self.on_call_end is not None:
                 scenario = call.scenario.scenario
                 self.on_call_end({"call_id": channel_id, "scenario": scenario.name, "answers": call.answers,
-                                  "typed": call.typed,
+                                  "typed": call.typed, "refused": call.refused,
                                   "intended": intended_lead(scenario.outcome, call.answers, call.typed)})
 
     def link_media(self, bridge: Bridge) -> None:
@@ -185,6 +200,9 @@ class CallerPbx:
             call.pending = asyncio.get_running_loop().create_task(self._answer(call, response, pause=True))
 
     def prompt_started(self, call: SimulatedCall, media_uri: str) -> None:
+        if media_uri.split("/")[-1] in REFUSAL_PROMPTS:
+            call.told_busy = True
+            return
         scenario = call.scenario.scenario
         if scenario.barge_in and media_uri.endswith("/" + scenario.barge_in) and call.pending is None:
             response = call.scenario.response(scenario.barge_in)
