@@ -72,7 +72,9 @@ async def serve(ctx: ProcessContext) -> None:
                 next_report = now + REPORT_EVERY_S
                 ctx.report({"calls": float(len(controller.calls)), "completed": float(controller.completed),
                             "failed": float(controller.failed), "ari_connected": float(ari.connected.is_set()),
-                            "ari_reconnects": float(ari.reconnects), "ari_malformed_events": float(ari.malformed_events), "redis_connected": float(store.connected),
+                            "ari_reconnects": float(ari.reconnects),
+                            "ari_malformed_events": float(ari.malformed_events),
+                            "redis_connected": float(store.connected),
                             "redis_backlog": float(store.backlog), "bus_rejected": float(subscriber.rejected),
                             **{name: float(n) for name, n in controller.counters.items()},
                             **controller.admission.metrics()})
