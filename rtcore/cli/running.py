@@ -197,7 +197,7 @@ def cmd_bench_chaos(args: argparse.Namespace, settings: Settings) -> int:
                        rtp_datagrams=args.rtp_datagrams, soak_s=args.soak, drain=not args.no_drain,
                        faults_wanted=tuple(f.strip() for f in args.faults.split(",") if f.strip()) or FAULTS,
                        audio_dir=audio if audio.is_dir() else None, progress=lambda line: print(line, flush=True))
-    print((out / "chaos.md").read_text())
-    print(f"wrote {out / 'chaos.json'}, {out / 'chaos.md'}")
+    print(Path(report["files"][1]).read_text())
+    print("wrote " + ", ".join(report["files"]))
     lost = report["totals"]["lost"] + report["totals"]["duplicated"]
     return 1 if lost else 0

@@ -288,7 +288,8 @@ def run_chaos(settings: Settings, out: Path, calls: int = 16, interval_s: float 
               rtp_datagrams: int = 100_000, soak_s: float = 0.0, audio_dir: Path | None = None,
               faults_wanted: tuple[str, ...] = FAULTS, drain: bool = True, warmup_s: float = 20.0,
               progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """The whole benchmark; writes chaos.json and chaos.md in `out` and returns the report.
+    """The whole benchmark; writes chaos.json and chaos.md (soak: soak.json, soak.md) in `out`
+    and returns the report.
     `faults_wanted`: which of FAULTS to throw, in that order (process names: kill -9)."""
     import redis as redis_client
 
@@ -364,8 +365,10 @@ def run_chaos(settings: Settings, out: Path, calls: int = 16, interval_s: float 
         supervisor.stop()
     report = build_chaos_report(run, faults, leads, traffic.results if traffic else [], restarts,
                                 usage_start, usage_end, soak_s, calls, interval_s)
-    (out / "chaos.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    (out / "chaos.md").write_text(format_chaos(report))
+    name = "soak" if soak_s else "chaos"
+    report["files"] = [str(out / f"{name}.json"), str(out / f"{name}.md")]
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    (out / f"{name}.md").write_text(format_chaos(report))
     return report
 
 
