@@ -175,7 +175,9 @@ def probe_wav(audio_dir: Path | None) -> bytes:
 
 
 def process_usage(supervisor: Any) -> dict[str, dict[str, float]]:
-    """Resident memory (MiB) and open descriptors of the supervisor, Redis and every child."""
+    """Memory (MiB) and open descriptors of the supervisor, Redis and every child. RSS counts the
+    pages of the shared-memory rings a process has touched (they fill as calls use more slots);
+    USS, its own memory only, is what a leak would grow."""
     pids = {"supervisor": os.getpid()}
     if supervisor.redis is not None and supervisor.redis.pid:
         pids["redis-server"] = supervisor.redis.pid
@@ -184,7 +186,9 @@ def process_usage(supervisor: Any) -> dict[str, dict[str, float]]:
     for name, pid in pids.items():
         try:
             proc = psutil.Process(pid)
-            usage[name] = {"pid": pid, "rss_mib": round(proc.memory_info().rss / 2**20, 1), "fds": proc.num_fds()}
+            memory = proc.memory_full_info()
+            usage[name] = {"pid": pid, "rss_mib": round(memory.rss / 2**20, 1), "uss_mib": round(memory.uss / 2**20, 1),
+                           "fds": proc.num_fds()}
         except psutil.Error:
             continue
     return usage
@@ -320,7 +324,9 @@ def run_chaos(settings: Settings, out: Path, calls: int = 16, interval_s: float 
     usage_start: dict[str, dict[str, float]] = {}
     try:
         run.observer = observer = BusObserver(supervisor.settings.endpoint("bus_sub"))
-        run.settings = settings = supervisor.settings  # with the private Redis URL
+        # With the private Redis URL, and the HTTP API's port as bound (http_port 0: any free one).
+        port = int(supervisor.children["http_api"].metrics.get("listening_port", supervisor.settings.http_port))
+        run.settings = settings = supervisor.settings.model_copy(update={"http_port": port})
         traffic = HttpTraffic(f"http://{settings.http_host}:{settings.http_port}/transcribe",
                               probe_wav(audio_dir)).start()
         run.started = time.time()
@@ -420,6 +426,9 @@ def build_chaos_report(run: ChaosRun, faults: list[Fault], leads: dict[str, Any]
                    "duplicated": sum(1 for n in observer.transcripts.values() if n > 1),
                    "errors": len(observer.errors),
                    "outcomes": dict(Counter(lead.outcome for lead in leads.values())),
+                   "rejected": dict(Counter(lead.end_reason.split(" ")[0] if lead.end_reason.startswith("ASR")
+                                            else lead.end_reason for lead in leads.values()
+                                            if lead.outcome == "rejected")),
                    "eos_to_transcript_ms": _percentiles(latencies)},
         "restarts": restarts, "http_requests": dict(statuses),
         "usage": {"start": usage_start, "end": usage_end},
@@ -452,6 +461,8 @@ def format_chaos(report: dict[str, Any]) -> str:
               f"{t['lost']} lost, {t['duplicated']} duplicated, {t['errors']} error transcripts; outcomes "
               + ", ".join(f"{k} {v}" for k, v in sorted(t["outcomes"].items()))
               + "; eos->transcript p50 {p50} / p95 {p95} / max {max} ms.".format(**t["eos_to_transcript_ms"]),
+              "Callers not taken (outcome rejected), by reason: "
+              + (", ".join(f"{k} {v}" for k, v in sorted(t["rejected"].items())) or "none") + ".",
               "Restarts: " + ", ".join(f"{k} {v}" for k, v in report["restarts"].items() if v) + ".",
               "HTTP requests during the run: "
               + ", ".join(f"{k}: {v}" for k, v in sorted(report["http_requests"].items())) + "."]
@@ -463,13 +474,14 @@ def format_chaos(report: dict[str, Any]) -> str:
                          f"{r['http_first_ok_s']} s after the kill")
     start, end = report["usage"]["start"], report["usage"]["end"]
     if start and end:
-        lines += ["", "| process | RSS MiB at start | at end | growth | open fds at start | at end |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "| process | RSS MiB at start | at end | USS MiB at start | at end | USS growth "
+                  "| open fds at start | at end |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name, s in start.items():
             e = end.get(name)
             if e is None:
                 continue
             same = "" if e["pid"] == s["pid"] else " (restarted)"
-            lines.append(f"| {name}{same} | {s['rss_mib']} | {e['rss_mib']} | {e['rss_mib'] - s['rss_mib']:+.1f} | "
-                         f"{s['fds']:.0f} | {e['fds']:.0f} |")
+            lines.append(f"| {name}{same} | {s['rss_mib']} | {e['rss_mib']} | {s['uss_mib']} | {e['uss_mib']} | "
+                         f"{e['uss_mib'] - s['uss_mib']:+.1f} | {s['fds']:.0f} | {e['fds']:.0f} |")
     return "\n".join(lines) + "\n"
