@@ -359,7 +359,9 @@ def run_chaos(settings: Settings, out: Path, calls: int = 16, interval_s: float 
         traffic.stop()
         client = redis_client.Redis.from_url(settings.redis_url, socket_timeout=5.0)
         try:
-            leads = {lead.call_id: lead for lead in read_leads(client) if not lead.call_id.startswith(ABUSE_PREFIX)}
+            # This run's (data_dir keeps earlier runs' leads), not the abuse's ghost callers.
+            leads = {lead.call_id: lead for lead in read_leads(client)
+                     if lead.started_at >= run.started - 60 and not lead.call_id.startswith(ABUSE_PREFIX)}
         finally:
             client.close()
         restarts = {name: child.restarts for name, child in supervisor.children.items()}
