@@ -44,7 +44,7 @@ from rtcore.runtime.config import Settings
 from rtcore.runtime.ring import AudioRings, RingSpec, SlotOwner
 from rtcore.runtime.supervisor import Supervisor
 from tests.call_rig import APP, HAPPY, PASSWORD, USER, Rig, until
-from tests.conftest import SHARED, require_shared_audio
+from tests.conftest import SHARED, free_port, require_shared_audio
 
 N = 320  # samples per 20 ms slin16 packet
 
@@ -58,12 +58,6 @@ async def wait_until(condition: Callable[[], Any], what: str, timeout_s: float =
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.002)
     return value
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- RTP -------------------------------------------------------------------------------------------

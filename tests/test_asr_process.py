@@ -16,7 +16,7 @@ from rtcore.runtime.config import Settings
 from rtcore.runtime.messages import Transcript, UtteranceReady, topic
 from rtcore.runtime.ring import SlotLease
 from rtcore.runtime.supervisor import Supervisor
-from rtcore.vad.segmenter import SegmenterOptions, segment_streams
+from rtcore.vad.segmenter import SegmenterOptions, Utterance, segment_streams
 from rtcore.vad.silero import BatchedVad, SileroVad
 from tests.conftest import require_shared_audio
 
@@ -53,6 +53,18 @@ def running_asr(settings: Settings) -> Iterator[tuple[Supervisor, Subscriber, As
         sup.stop()
 
 
+def submit_twice(client: AsrClient, lease: SlotLease, spans: list[Utterance]) -> list[str]:
+    """The recording's sentences twice over: more utterances than both workers hold at once."""
+    ids = []
+    for round_no in range(2):
+        for k, span in enumerate(spans):
+            ids.append(f"call-{round_no}-{k:02d}")
+            client.submit(UtteranceReady(utterance_id=ids[-1], call_id="call", slot=lease.slot,
+                                         generation=lease.generation, start_sample=span.start,
+                                         end_sample=span.end, eos_at=time.time()))
+    return ids
+
+
 def test_killing_a_worker_mid_run_loses_and_duplicates_nothing(make_settings: Callable[..., Settings]) -> None:
     audio = load_audio(require_shared_audio("OSR_fr_000_0041_8k.wav"))
     [spans] = segment_streams([audio], SegmenterOptions(), BatchedVad(SileroVad()))
@@ -62,14 +74,7 @@ def test_killing_a_worker_mid_run_loses_and_duplicates_nothing(make_settings: Ca
         assert sup.rings is not None
         lease = sup.rings.allocate()
         sup.rings.write(lease, float_to_pcm16(audio))
-        # The 18 sentences twice over: 36 utterances, more than both workers hold at once.
-        ids = []
-        for round_no in range(2):
-            for k, span in enumerate(spans):
-                ids.append(f"call-{round_no}-{k:02d}")
-                client.submit(UtteranceReady(utterance_id=ids[-1], call_id="call", slot=lease.slot,
-                                             generation=lease.generation, start_sample=span.start,
-                                             end_sample=span.end, eos_at=time.time()))
+        ids = submit_twice(client, lease, spans)
         got: list[Transcript] = []
         victim = sup.children["asr-0"]
         killed_pid = 0
@@ -181,13 +186,7 @@ def test_killing_the_dispatcher_mid_run_loses_and_duplicates_nothing(make_settin
             if isinstance(message, AsrStatus):
                 statuses.append(message)
                 client.dispatcher_seen(message)
-        ids = []
-        for round_no in range(2):
-            for k, span in enumerate(spans):
-                ids.append(f"call-{round_no}-{k:02d}")
-                client.submit(UtteranceReady(utterance_id=ids[-1], call_id="call", slot=lease.slot,
-                                             generation=lease.generation, start_sample=span.start,
-                                             end_sample=span.end, eos_at=time.time()))
+        ids = submit_twice(client, lease, spans)
         got: list[Transcript] = []
         killed_pid = 0
         deadline = time.monotonic() + 400

@@ -12,13 +12,7 @@ import pytest
 
 from rtcore.launch.chaos import FAULTS, KILLED_IN_TURN, run_chaos
 from rtcore.runtime.config import Settings
-from tests.conftest import AUDIO_FR
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import AUDIO_FR, free_port
 
 
 # A launch that may calibrate the phrasebook first on a clean machine (about 5 min), then ~4 min of faults.

@@ -20,15 +20,10 @@ from rtcore.dialog.leads import read_leads
 from rtcore.launch.launcher import simulated_load_settings
 from rtcore.runtime.config import Settings
 from rtcore.runtime.redis_server import PrivateRedis
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 OUTCOMES = {"qualified", "not_eligible", "refused", "abandoned", "error"}
 
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # The first launch on a clean machine calibrates the simulated callers' phrasebook (every variant
@@ -93,6 +88,25 @@ def launch_env(short_dir: Path, instance: str) -> dict[str, str]:
             "RTCORE_ASR_INTRA_THREADS": "1"}
 
 
+def wait_mid_call(proc: subprocess.Popen[str], short_dir: Path) -> redis.Redis:
+    """Once a call of the launch in progress has had a turn (the dialog then holds real state about
+    it); returns a client of the launch's private Redis."""
+    client = redis.Redis.from_url(f"unix://{short_dir / 'run' / 'redis.sock'}", socket_timeout=2.0)
+
+    def mid_call() -> bool:
+        try:
+            return any(lead.turns and not lead.ended_at for lead in read_leads(client))
+        except redis.RedisError:
+            return False  # the private Redis is not up yet
+
+    deadline = time.monotonic() + 600
+    while not mid_call():
+        assert proc.poll() is None, (short_dir / "stderr.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no call reached its first turn"
+        time.sleep(0.2)  # another process's state: nothing to block on
+    return client
+
+
 @pytest.mark.timeout(900)  # as above: it may be the first launch
 def test_kill_9_of_the_dialog_mid_call_loses_no_call_and_leaks_nothing(short_dir: Path) -> None:
     """The supervisor restarts the dialog; the restarted one takes back (or ends) the calls in
@@ -103,20 +117,7 @@ def test_kill_9_of_the_dialog_mid_call_loses_no_call_and_leaks_nothing(short_dir
                              "--json", str(report_path)], env=launch_env(short_dir, "killtest"), cwd=REPO,
                             stdout=out, stderr=err, text=True)
     try:
-        client = redis.Redis.from_url(f"unix://{short_dir / 'run' / 'redis.sock'}", socket_timeout=2.0)
-
-        def mid_call() -> bool:
-            """A call in progress that has had a turn: the dialog holds real state about it."""
-            try:
-                return any(lead.turns and not lead.ended_at for lead in read_leads(client))
-            except redis.RedisError:
-                return False  # the private Redis is not up yet
-
-        deadline = time.monotonic() + 600
-        while not mid_call():
-            assert proc.poll() is None, (short_dir / "stderr.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no call reached its first turn"
-            time.sleep(0.2)
+        client = wait_mid_call(proc, short_dir)
         dialog = next(p for p in psutil.Process(proc.pid).children()
                       if "procs.dialog" in " ".join(p.cmdline()))
         in_progress = {lead.call_id for lead in read_leads(client) if not lead.ended_at}
@@ -155,19 +156,7 @@ def test_sigterm_drains_the_launch_then_it_stops_with_the_drain_in_its_report(sh
     proc = subprocess.Popen([sys.executable, "-m", "rtcore.cli", "launch", "--calls", "2", "--json", str(report_path)],
                             env=env, cwd=REPO, stdout=out, stderr=err, text=True)
     try:
-        client = redis.Redis.from_url(f"unix://{short_dir / 'run' / 'redis.sock'}", socket_timeout=2.0)
-
-        def mid_call() -> bool:
-            try:
-                return any(lead.turns and not lead.ended_at for lead in read_leads(client))
-            except redis.RedisError:
-                return False  # the private Redis is not up yet
-
-        deadline = time.monotonic() + 600
-        while not mid_call():
-            assert proc.poll() is None, (short_dir / "stderr.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no call reached its first turn"
-            time.sleep(0.2)  # another process's state: nothing to block on
+        wait_mid_call(proc, short_dir).close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, (short_dir / "stderr.log").read_text()[-3000:]
     finally:

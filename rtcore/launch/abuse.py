@@ -35,6 +35,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from rtcore.media.capture import udp_sockets
+
 RTP_HEADER = struct.Struct("!BBHII")
 SLIN16_PT = 118
 MAX_RTP_PACKET_SIZE = 4096  # what the capture accepts at most (rtcore.media.rtp)
@@ -115,19 +117,8 @@ class _Stranger:
 def udp_drops(port: int) -> int | None:
     """The kernel's drop counter summed over this host's UDP sockets bound to `port` (/proc/net/udp*),
     None when none is found (the receiver is on another host, or not Linux)."""
-    found, total = False, 0
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    cols = line.split()
-                    if int(cols[1].rsplit(":", 1)[1], 16) == port:
-                        found = True
-                        total += int(cols[-1])
-        except (OSError, StopIteration, IndexError, ValueError):
-            continue
-    return total if found else None
+    drops = [int(cols[-1]) for cols in udp_sockets() if int(cols[1].rsplit(":", 1)[1], 16) == port]
+    return sum(drops) if drops else None
 
 
 async def fuzz_rtp_async(host: str, port: int, count: int = 100_000, seed: int = 1, *, sources: int = 4,

@@ -36,7 +36,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -407,20 +407,23 @@ def _normalise(addr: Any) -> Source:
     return host.removeprefix(_IPV4_MAPPED_PREFIX), addr[1]
 
 
-def socket_drops(fd: int) -> int | None:
-    """The kernel's drop counter of a UDP socket (last column of /proc/net/udp), by inode."""
-    inode = str(os.fstat(fd).st_ino)
+def udp_sockets() -> Iterator[list[str]]:
+    """The rows of the kernel's UDP socket tables (/proc/net/udp and udp6), split in columns:
+    [1] local address:port (hex), [9] inode, [-1] drops. Nothing where they cannot be read."""
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             with open(table) as f:
                 next(f)
-                for line in f:
-                    cols = line.split()
-                    if cols[9] == inode:
-                        return int(cols[-1])
-        except (OSError, StopIteration, IndexError, ValueError):
+                rows = [line.split() for line in f]
+        except (OSError, StopIteration):
             continue
-    return None
+        yield from (cols for cols in rows if len(cols) > 9)
+
+
+def socket_drops(fd: int) -> int | None:
+    """The kernel's drop counter of a UDP socket (last column of /proc/net/udp), by inode."""
+    inode = str(os.fstat(fd).st_ino)
+    return next((int(cols[-1]) for cols in udp_sockets() if cols[9] == inode), None)
 
 
 def bind_rtp_socket(ip: str, port: int, recv_buffer_bytes: int) -> socket.socket:
