@@ -78,8 +78,11 @@ def main(ctx: ProcessContext) -> None:
                     elif isinstance(message, AsrCredit):
                         dispatcher.announce(identity, message, now)
                     elif isinstance(message, Transcript):
-                        latency = (time.time() - message.eos_at) * 1000 if message.eos_at else None
-                        first = dispatcher.complete(identity, message, now, latency)
+                        # What it waited: its eos->transcript less its own batch's run (a long
+                        # utterance takes long to transcribe however idle the ASR is).
+                        waited = ((time.time() - message.eos_at) * 1000 - message.inference_ms - message.features_ms
+                                  if message.eos_at and not message.error else None)
+                        first = dispatcher.complete(identity, message, now, waited)
                         if first is not None:
                             pub.publish(msgspec.structs.replace(first, published_at=time.time()))
             dispatcher.expire(now)

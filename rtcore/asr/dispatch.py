@@ -70,7 +70,7 @@ class AsrDispatcher:
         self.queue_limit = queue_limit
         self.assign_from = started + holding_grace_s  # (monotonic) no work handed out before
         self.pending: deque[UtteranceReady] = deque()
-        # (monotonic time, eos->transcript ms) of recent transcripts: throughput and expected wait
+        # (monotonic time, ms waited) of recent transcripts: throughput and expected wait
         self._published_at: deque[tuple[float, float | None]] = deque()
         self._queued_at: dict[str, float] = {}  # utterance id -> monotonic time it was queued
         self.workers: dict[bytes, WorkerState] = {}
@@ -145,7 +145,7 @@ class AsrDispatcher:
     def complete(self, identity: bytes, transcript: Transcript, now: float,
                  latency_ms: float | None = None) -> Transcript | None:
         """A worker's transcript: returned if it is the first for its utterance, else None.
-        `latency_ms`: its eos->transcript, for the expected wait."""
+        `latency_ms`: how long it waited (eos->transcript less its batch's run), for the expected wait."""
         key = transcript.utterance_id
         worker = self.workers.get(identity)
         if worker is not None:
@@ -178,10 +178,11 @@ class AsrDispatcher:
         return len(self._recent(now)) / THROUGHPUT_WINDOW_S
 
     def expected_wait_ms(self, now: float) -> float:
-        """How long a new utterance can expect to wait for its transcript: the 90th percentile of
-        the eos->transcript of the last THROUGHPUT_WINDOW_S, or the age of the oldest utterance
-        still queued here if that is longer (a backlog builds up before transcripts show it).
-        Measured, not modelled: a queue under light load empties at once whatever its length."""
+        """How long a new utterance can expect to wait before it is transcribed: the 90th
+        percentile of what the transcripts of the last THROUGHPUT_WINDOW_S waited (eos->transcript
+        less their batch's run), or the age of the oldest utterance still queued here if that is
+        longer (a backlog builds up before transcripts show it). Measured, not modelled: a queue
+        under light load empties at once whatever its length."""
         latencies = sorted(ms for _, ms in self._recent(now) if ms is not None)
         recent = latencies[min(len(latencies) - 1, int(0.9 * len(latencies)))] if latencies else 0.0
         oldest = (now - min(self._queued_at.values())) * 1000 if self._queued_at else 0.0

@@ -120,8 +120,8 @@ class AsrStatus(Message, frozen=True):
     """ASR dispatcher -> all, every half second. A new (pid, started_at) is a restarted dispatcher:
     whoever submitted utterances that have no transcript yet submits them again (its queue died with
     it). The load figures drive admission control: a new call is refused while `expected_wait_ms`
-    (the recent eos->transcript p90, or the oldest queued utterance's wait if longer) breaks the
-    latency target."""
+    (the p90 of what recent transcripts waited before their batch ran, or the oldest queued
+    utterance's wait if longer) breaks the latency target."""
 
     pid: int
     started_at: float
