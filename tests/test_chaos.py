@@ -19,7 +19,8 @@ from tests.conftest import AUDIO_FR, free_port
 @pytest.mark.timeout(1200)
 def test_every_fault_under_load_loses_and_duplicates_nothing(make_settings: Callable[..., Settings],
                                                              short_dir: Path) -> None:
-    settings = make_settings(max_calls=12, ring_seconds=60.0, heartbeat_interval_s=1.0, http_port=0,
+    # A fixed HTTP port: the restarted API binds it again (port 0 would give it another one).
+    settings = make_settings(max_calls=12, ring_seconds=60.0, heartbeat_interval_s=1.0, http_port=free_port(),
                              sim_ari_port=free_port(), rtp_port=free_port(socket.SOCK_DGRAM), asr_intra_threads=1,
                              drain_timeout_s=15.0, http_header_timeout_s=3.0, http_body_timeout_s=4.0)
     report = run_chaos(settings, short_dir / "out", calls=4, interval_s=12.0, redis_down_s=2.0, rtp_datagrams=5000,
