@@ -4,7 +4,7 @@ Each rule was measured on what rtcore hears of real callers: French speech throu
 band (8 kHz G.711, resampled to 16 kHz) and noise (README, "Filters"):
 - no speech: Whisper's no-speech probability over `no_speech_threshold` (0.6) with a mean
   log-probability under `logprob_threshold` (-1), or over `no_speech_doubt` (0.5) with one under
-  `doubt_logprob_threshold` (-1.4): a real answer heard badly over a phone line can have a no-speech
+  `doubt_logprob_threshold` (-1.3): a real answer heard badly over a phone line can have a no-speech
   probability over 0.5, wide-band hiss one under 0.6;
 - a loop: a compression ratio over `compression_ratio_threshold`, or a word (not a number, "oui" or
   "non", which callers do say three times) or a phrase said three times or more that makes up a

@@ -48,11 +48,12 @@ class WhisperOptions:
     # no-speech <= 0.17 (avg_logprob >= -1.14); white, pink, hum and babble noise at -50 to -20 dBFS
     # that Whisper wrote words over had no-speech >= 0.68 (avg_logprob <= -1.48). 0.6 rejects all of
     # that noise and leaves real speech a wide margin (a real answer at 0.55 was lost with 0.5).
-    # Wide-band hiss at -40 dBFS stays under it (0.58) but is far less sure of its words
-    # (avg_logprob -1.6): between 0.5 and 0.6, the bar for the log-probability is lower.
+    # Wide-band hiss at -40 dBFS stays under it (0.58-0.59) but is far less sure of its words
+    # (avg_logprob -1.6 with CTranslate2 4.7, -1.37 with 4.8.5): between 0.5 and 0.6, the bar for
+    # the log-probability is lower, -1.3, still clear of real speech (>= -1.14).
     no_speech_threshold: float = 0.6
     no_speech_doubt: float = 0.5
-    doubt_logprob_threshold: float = -1.4
+    doubt_logprob_threshold: float = -1.3
     logprob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
     # An utterance's context (what the dialog expects the caller to say) is given to Whisper as
