@@ -65,6 +65,14 @@ def submit_twice(client: AsrClient, lease: SlotLease, spans: list[Utterance]) ->
     return ids
 
 
+def assert_exactly_once(got: list[Transcript], ids: list[str]) -> None:
+    """One transcript, with text, for every utterance submitted; none twice."""
+    counts = Counter(t.utterance_id for t in got)
+    assert set(counts) == set(ids)
+    assert max(counts.values()) == 1, [k for k, v in counts.items() if v > 1]
+    assert all(t.error == "" and t.text for t in got)
+
+
 def test_killing_a_worker_mid_run_loses_and_duplicates_nothing(make_settings: Callable[..., Settings]) -> None:
     audio = load_audio(require_shared_audio("OSR_fr_000_0041_8k.wav"))
     [spans] = segment_streams([audio], SegmenterOptions(), BatchedVad(SileroVad()))
@@ -96,10 +104,7 @@ def test_killing_a_worker_mid_run_loses_and_duplicates_nothing(make_settings: Ca
             assert time.monotonic() < deadline
             sup.poll(0.1)
         got += [m for m in sub.drain() if isinstance(m, Transcript)]
-        counts = Counter(t.utterance_id for t in got)
-        assert set(counts) == set(ids)
-        assert max(counts.values()) == 1, [k for k, v in counts.items() if v > 1]
-        assert all(t.error == "" and t.text for t in got)
+        assert_exactly_once(got, ids)
         assert killed_pid and victim.restarts == 1
         assert dispatch.metrics["requeued"] >= 1  # the kill did catch work in flight
         assert {t.worker for t in got} >= {"asr-0", "asr-1"}
@@ -212,10 +217,7 @@ def test_killing_the_dispatcher_mid_run_loses_and_duplicates_nothing(make_settin
             assert time.monotonic() < deadline
             sup.poll(0.1)
         got += [m for m in sub.drain() if isinstance(m, Transcript)]
-        counts = Counter(t.utterance_id for t in got)
-        assert set(counts) == set(ids)
-        assert max(counts.values()) == 1, [k for k, v in counts.items() if v > 1]
-        assert all(t.error == "" and t.text for t in got)
+        assert_exactly_once(got, ids)
         assert killed_pid and dispatch.restarts == 1
         assert len({(s.pid, s.started_at) for s in statuses}) == 2 and client.resubmitted > 0
         assert not client.outstanding

@@ -229,3 +229,25 @@ def test_writer_process_and_reader_process_share_a_slot() -> None:
     finally:
         owner.close()
         owner.unlink()
+
+
+def test_vad_bookmarks_set_together_skip_a_slot_reused_meanwhile() -> None:
+    import uuid
+
+    from rtcore.runtime.ring import AudioRings, RingSpec
+
+    rings = AudioRings.create(RingSpec(f"rtcore.test{uuid.uuid4().hex[:8]}.1.rings", 3, 1600))
+    try:
+        a, b = rings.allocate(), rings.allocate()
+        rings.set_vad_resumes([a, b], [512, 1024])
+        assert (rings.vad_resume(a), rings.vad_resume(b)) == (512, 1024)
+        rings.free(b)
+        c = rings.allocate()  # the never-used slot goes first
+        rings.free(c)
+        b2 = rings.allocate()
+        assert b2.slot == b.slot and rings.vad_resume(b2) is None  # a new allocation starts without one
+        rings.set_vad_resumes([a, b], [2048, 4096])  # b is stale: its bookmark must not land on b2
+        assert rings.vad_resume(a) == 2048 and rings.vad_resume(b2) is None
+    finally:
+        rings.close()
+        rings.unlink()

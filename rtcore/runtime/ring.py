@@ -226,6 +226,16 @@ class AudioRings:
         if int(self._header[lease.slot, _GENERATION]) == lease.generation:
             self._header[lease.slot, _VAD_RESUME] = sample + 1
 
+    def set_vad_resumes(self, leases: list[SlotLease], samples: list[int]) -> None:
+        """set_vad_resume for many slots in one store (the VAD does it every tick for every call)."""
+        if not leases:
+            return
+        slots = np.fromiter((lease.slot for lease in leases), dtype=np.int64, count=len(leases))
+        generations = np.fromiter((lease.generation for lease in leases), dtype=np.uint64, count=len(leases))
+        values = np.asarray(samples, dtype=np.uint64) + np.uint64(1)
+        current = self._header[slots, _GENERATION] == generations  # a slot reused meanwhile is not ours
+        self._header[slots[current], _VAD_RESUME] = values[current]
+
     def vad_resume(self, lease: SlotLease) -> int | None:
         """Where a restarted VAD resumes on this slot, or None if no VAD ever ran on it."""
         self._check_generation(lease)

@@ -175,10 +175,9 @@ class UtteranceDetector:
         for round_no in range(max(ready.values(), default=0)):
             calls = [self.calls[cid] for cid, n in ready.items() if n > round_no and cid in self.calls]
             self._run_round(calls, out)
-        rings = self.rings
-        for call in self.calls.values():
-            segmenter = call.segmenter
-            rings.set_vad_resume(call.lease, segmenter.pending_start if segmenter.in_speech else call.next_sample)
+        calls = list(self.calls.values())
+        self.rings.set_vad_resumes([c.lease for c in calls], [c.segmenter.pending_start if c.segmenter.in_speech
+                                                             else c.next_sample for c in calls])
         self.stats.ticks += 1
         self.stats.busy_s += time.perf_counter() - t0
         return out
