@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-system_packages=(redis-server espeak-ng sox)
+# prometheus: promtool and a real Prometheus server for the metrics tests; chromium and its
+# driver: the live view is tested in a real headless browser.
+system_packages=(redis-server espeak-ng sox prometheus chromium chromium-driver)
 missing=()
 for pkg in "${system_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

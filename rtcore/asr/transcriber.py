@@ -13,7 +13,6 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,11 +23,11 @@ from rtcore.runtime.audio import SAMPLE_RATE, float_to_pcm16
 from rtcore.runtime.bus import AsrClient, Publisher, Subscriber
 from rtcore.runtime.config import Settings
 from rtcore.runtime.messages import AsrStatus, Transcript, UtteranceReady
+from rtcore.runtime.models import whisper_model_name
 from rtcore.runtime.ring import AudioRings, NoFreeSlotError, SlotOwner
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "whisper-base"
 # HTTP utterances are told apart from calls' on the bus by this call id and utterance id prefix.
 HTTP_CALL_ID = "http"
 UTTERANCE_PREFIX = "http-"
@@ -101,7 +100,7 @@ class Transcriber(Protocol):
 
 
 def model_name(settings: Settings) -> str:
-    return Path(settings.asr_model_path).name if settings.asr_model_path else DEFAULT_MODEL_NAME
+    return whisper_model_name(settings)
 
 
 def check_audio_fits(settings: Settings, ring_capacity: int) -> None:

@@ -135,6 +135,22 @@ class AsrStatus(Message, frozen=True):
     refused_full: int  # utterances answered with an error because the queue was at its limit
 
 
+class CallView(Message, frozen=True):
+    """Dialog -> observers (the live view): a call as ops see it, sent when it changes (a turn, its
+    end) and again for every call in progress when the HTTP service (re)starts. Carries what the
+    caller said: the live view that shows it is behind the HTTP service's access rules."""
+
+    call_id: str
+    state: str  # the dialog state; "ended" once over
+    started_at: float
+    turns: int = 0
+    last_transcript: str = ""
+    last_intent: str = ""
+    last_turn_ms: float = 0.0  # eos -> reply of the last turn
+    ended_at: float = 0.0
+    outcome: str = ""
+
+
 class TurnTaken(Message, frozen=True):
     """Dialog -> observers (launch report, load bench): the bot answered a caller's utterance."""
 
@@ -180,6 +196,32 @@ class Drain(Message, frozen=True):
     requested_at: float
 
 
+class ProcessState(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """One child in a RunStatus."""
+
+    name: str
+    pid: int
+    up: bool  # running and ready
+    heartbeat_age_s: float
+    restarts: int
+    cpu_percent: float  # of one core, over the last status interval
+    rss_bytes: int
+
+
+class RunStatus(Message, frozen=True):
+    """Supervisor -> all, every second: what /health, /ready and the live view report. The ARI,
+    Redis and draining flags are the dialog's own reports (False without a dialog process)."""
+
+    sent_at: float
+    processes: tuple[ProcessState, ...]
+    call_slots: int
+    call_slots_in_use: int
+    has_dialog: bool
+    ari_connected: bool
+    redis_connected: bool
+    draining: bool
+
+
 # --- supervision (children -> supervisor, on the control channel) ----------------------------
 class ProcessReady(Message, frozen=True):
     """Child -> supervisor: initialisation done (models loaded, sockets connected)."""
@@ -206,7 +248,8 @@ class Heartbeat(Message, frozen=True):
 
 
 class Metrics(Message, frozen=True):
-    """Child -> supervisor: counters and gauges, exported on the supervisor's Prometheus endpoint."""
+    """Child -> supervisor: the child's own figures for the supervisor's decisions (drain, the
+    reports of `rtcore bench chaos`). Prometheus metrics travel another way (rtcore.runtime.telemetry)."""
 
     process: str
     values: dict[str, float]
@@ -214,12 +257,12 @@ class Metrics(Message, frozen=True):
 
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     CallStarted, CallEnded, ListenMode, CallContext, SpeechStarted, UtteranceReady, Transcript,
-    AsrCredit, AsrStatus, TurnTaken, Play, StopPlayback, ProcessStarted, Drain, ProcessReady, ProcessFailed,
-    Heartbeat, Metrics,
+    AsrCredit, AsrStatus, CallView, TurnTaken, Play, StopPlayback, ProcessStarted, Drain, RunStatus, ProcessReady,
+    ProcessFailed, Heartbeat, Metrics,
 )
 AnyMessage = (CallStarted | CallEnded | ListenMode | CallContext | SpeechStarted | UtteranceReady | Transcript
-              | AsrCredit | AsrStatus | TurnTaken | Play | StopPlayback | ProcessStarted | Drain | ProcessReady
-              | ProcessFailed | Heartbeat | Metrics)
+              | AsrCredit | AsrStatus | CallView | TurnTaken | Play | StopPlayback | ProcessStarted | Drain
+              | RunStatus | ProcessReady | ProcessFailed | Heartbeat | Metrics)
 
 
 class MessageError(ValueError):

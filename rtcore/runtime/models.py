@@ -28,6 +28,7 @@ WHISPER_BASE_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 WHISPER_BASE_SIZE = 145_217_532
 WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 _STAMP = "rtcore-assembled.json"
+DEFAULT_MODEL_NAME = "whisper-base"
 
 SILERO_PACKAGE = "silero_vad"
 SILERO_ONNX = "data/silero_vad.onnx"
@@ -134,3 +135,8 @@ def silero_onnx_path() -> Path:
     if not path.is_file():
         raise ModelError(f"{path} is missing from the silero-vad package (pip install --force-reinstall silero-vad)")
     return path
+
+
+def whisper_model_name(settings: Settings) -> str:
+    """The ASR model as /health and rtcore_build_info name it: its directory's name, or whisper-base."""
+    return Path(settings.asr_model_path).name if settings.asr_model_path else DEFAULT_MODEL_NAME

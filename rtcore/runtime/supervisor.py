@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import psutil
 import zmq
 
+from rtcore.runtime import telemetry
 from rtcore.runtime.bus import BusProxy, ControlReceiver, Publisher
 from rtcore.runtime.config import Settings
 from rtcore.runtime.messages import (
@@ -38,6 +40,8 @@ from rtcore.runtime.messages import (
     ProcessFailed,
     ProcessReady,
     ProcessStarted,
+    ProcessState,
+    RunStatus,
 )
 from rtcore.runtime.process import EXIT_INIT_FAILED, LaunchInfo, set_parent_death_signal
 from rtcore.runtime.redis_server import PrivateRedis
@@ -59,6 +63,7 @@ CHILD_ENV_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # at the timeout say their goodbye and hang up meanwhile.
 DRAIN_MARGIN_S = 15.0
 DRAIN_RESULT_FILE = "drain.json"  # in run_dir: the last drain's counters, for `rtcore drain` to print
+STATUS_EVERY_S = 1.0  # RunStatus on the bus
 DRAIN_COUNTERS = {"calls_in_progress": "drain_calls_at_start", "finished": "drain_finished",
                   "ended": "drain_ended", "refused": "refused_draining"}
 
@@ -85,6 +90,13 @@ class Child:
     next_start: float = 0.0  # monotonic time of the next (re)start attempt; 0: none pending
     backoff_s: float = 0.5
     metrics: dict[str, float] = field(default_factory=dict)
+    usage: psutil.Process | None = None  # for its CPU and memory figures
+    cpu_seconds: float = 0.0  # user + system at the last status
+    cpu_percent: float = 0.0  # of one core, over the last status interval
+
+    @property
+    def up(self) -> bool:
+        return self.proc is not None and self.ready
 
 
 class InstanceLock:
@@ -149,6 +161,10 @@ class Supervisor:
         self._publisher: Publisher | None = None  # the supervisor's own voice on the bus
         self._ctx = zmq.Context()
         self._started = False
+        self._next_status = 0.0
+        self._status_at = time.monotonic()
+        # Every child's Prometheus metrics files (prometheus-client's multiprocess mode).
+        self.metrics_dir = settings.run_path / "metrics"
         self.on_metrics: Callable[[str, dict[str, float]], None] | None = None
 
     # --- start --------------------------------------------------------------------------------
@@ -158,6 +174,7 @@ class Supervisor:
         try:
             s.run_path.chmod(0o700)
             sweep_leftovers(s.instance)
+            telemetry.prepare_directory(self.metrics_dir)
             spec = RingSpec(segment_name(s.instance, os.getpid()), s.max_calls, s.ring_capacity)
             self.rings = AudioRings.create(spec)
             log.info("audio rings: %d slots x %.0f s (%d MiB) in /dev/shm/%s", spec.n_slots,
@@ -181,7 +198,8 @@ class Supervisor:
         return LaunchInfo(process=child.spec.name, settings=self.settings, rings=self.rings.spec)
 
     def _spawn(self, child: Child) -> None:
-        env = {**CHILD_ENV_DEFAULTS, **os.environ, **child.spec.env}
+        env = {**CHILD_ENV_DEFAULTS, **os.environ, **child.spec.env,
+               telemetry.MULTIPROC_ENV: str(self.metrics_dir)}
         # The configuration travels on stdin: no password in argv or the environment.
         proc = subprocess.Popen([sys.executable, "-m", child.spec.module], stdin=subprocess.PIPE,
                                 env=env, preexec_fn=set_parent_death_signal)
@@ -194,6 +212,11 @@ class Supervisor:
         child.warned = False
         child.started_at = child.last_beat = time.monotonic()
         child.next_start = 0.0
+        child.cpu_seconds = child.cpu_percent = 0.0
+        try:
+            child.usage = psutil.Process(proc.pid)
+        except psutil.Error:  # pragma: no cover - it died at once: poll() sees the exit
+            child.usage = None
         log.info("started %s (pid %d)", child.spec.name, proc.pid)
 
     def _await_ready(self, child: Child) -> None:
@@ -259,6 +282,44 @@ class Supervisor:
                 log.warning("%s (pid %d): no heartbeat for %.1f s", child.spec.name, child.pid, silent)
                 child.warned = True
 
+        if now >= self._next_status:
+            self._next_status = now + STATUS_EVERY_S
+            self.publish(self.status())
+
+    def status(self) -> RunStatus:
+        """Every child's state, CPU and memory; the call slots; the dialog's ARI and Redis reports."""
+        now = time.monotonic()
+        interval = max(now - self._status_at, 1e-3)
+        self._status_at = now
+        states = []
+        for name, child in self.children.items():
+            rss = 0
+            if child.proc is not None and child.usage is not None:
+                try:
+                    with child.usage.oneshot():
+                        times = child.usage.cpu_times()
+                        rss = child.usage.memory_info().rss
+                    seconds = times.user + times.system
+                    child.cpu_percent = max(0.0, 100.0 * (seconds - child.cpu_seconds) / interval)
+                    child.cpu_seconds = seconds
+                except psutil.Error:
+                    child.cpu_percent = 0.0
+            else:
+                child.cpu_percent = 0.0
+            age = now - child.last_beat if child.proc is not None else -1.0
+            states.append(ProcessState(name=name, pid=child.pid if child.proc is not None else 0, up=child.up,
+                                       heartbeat_age_s=round(age, 3), restarts=child.restarts,
+                                       cpu_percent=round(child.cpu_percent, 1), rss_bytes=rss))
+        dialog = self.children.get("dialog")
+        reports = dialog.metrics if dialog is not None and dialog.up else {}
+        rings = self.rings
+        return RunStatus(sent_at=time.time(), processes=tuple(states),
+                         call_slots=rings.spec.n_slots if rings is not None else 0,
+                         call_slots_in_use=len(rings.in_use()) if rings is not None else 0,
+                         has_dialog=dialog is not None, ari_connected=reports.get("ari_connected") == 1.0,
+                         redis_connected=reports.get("redis_connected") == 1.0,
+                         draining=reports.get("draining") == 1.0)
+
     def _schedule_restart(self, child: Child, now: float) -> None:
         # A child that ran healthily for a while starts again at the shortest backoff.
         if child.ready and now - child.started_at > 60:
@@ -266,6 +327,7 @@ class Supervisor:
         child.proc = None
         child.ready = False
         child.restarts += 1
+        telemetry.process_died(child.pid, self.metrics_dir)
         child.next_start = now + child.backoff_s
         log.info("restarting %s in %.1f s (restart #%d)", child.spec.name, child.backoff_s, child.restarts)
         child.backoff_s = min(child.backoff_s * 2, self.settings.restart_backoff_max_s)
@@ -392,3 +454,4 @@ class Supervisor:
             proc.kill()
             proc.wait()
         child.proc = None
+        telemetry.process_died(child.pid, self.metrics_dir)
