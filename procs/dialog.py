@@ -17,7 +17,9 @@ from rtcore.dialog.ari.client import AriClient
 from rtcore.dialog.calls import CallController
 from rtcore.dialog.leads import LeadStore
 from rtcore.dialog.script import load_script
+from rtcore.dialog.turns import CountedIntentApi
 from rtcore.intents import intent_source
+from rtcore.runtime import telemetry
 from rtcore.runtime.bus import Publisher, Subscriber
 from rtcore.runtime.messages import AsrStatus, Drain, ProcessStarted, SpeechStarted, Transcript, UtteranceReady
 from rtcore.runtime.process import ProcessContext, run_process
@@ -35,6 +37,8 @@ async def serve(ctx: ProcessContext) -> None:
     loop = asyncio.get_running_loop()
     script = load_script(s.dialog_script or None)
     intents = intent_source(s)
+    if s.intent_main_url:
+        intents = CountedIntentApi(intents)
     rings = AudioRings.attach(ctx.info.rings)
     store = LeadStore(s.redis_url, s.data_path / "lead-spool.jsonl", call_ttl_s=s.redis_call_ttl_s)
     store.start()
@@ -54,6 +58,17 @@ async def serve(ctx: ProcessContext) -> None:
     bus_fd = int(subscriber.socket.getsockopt(zmq.FD))
     loop.add_reader(bus_fd, drain_bus)
     events = loop.create_task(controller.run(), name="ari-events")
+    reconnects_counted = 0
+
+    def update_gauges() -> None:
+        nonlocal reconnects_counted
+        controller.update_gauges()
+        telemetry.ARI_CONNECTED.set(float(ari.connected.is_set()))
+        telemetry.ARI_RECONNECTS.inc(ari.reconnects - reconnects_counted)
+        reconnects_counted = ari.reconnects
+        telemetry.REDIS_CONNECTED.set(float(store.connected))
+        telemetry.REDIS_SPOOL_DEPTH.set(store.backlog)
+
     try:
         ctx.ready()
         next_report = time.monotonic() + REPORT_EVERY_S
@@ -70,6 +85,7 @@ async def serve(ctx: ProcessContext) -> None:
                 controller.reannounce()
             if now >= next_report:
                 next_report = now + REPORT_EVERY_S
+                update_gauges()
                 ctx.report({"calls": float(len(controller.calls)), "completed": float(controller.completed),
                             "failed": float(controller.failed), "ari_connected": float(ari.connected.is_set()),
                             "ari_reconnects": float(ari.reconnects),

@@ -23,12 +23,16 @@ def main(ctx: ProcessContext) -> None:
     if mode == "drain":
         drain_like_a_dialog(ctx)
         return
+    from rtcore.runtime import telemetry
+
     loops = 0
+    telemetry.CALLS_ACTIVE.set(2)  # a live gauge: gone with this process (multiprocess "livesum")
     while not ctx.wait(0.02) or mode == "ignore_term":
         loops += 1
         ctx.beat()
         if loops % 5 == 0:
             ctx.report({"loops": float(loops)})
+            telemetry.CALLS_STARTED.inc()  # a counter: what this process counted outlives it
 
 
 def drain_like_a_dialog(ctx: ProcessContext) -> None:

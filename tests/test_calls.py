@@ -479,3 +479,35 @@ async def test_the_dialog_tells_the_audio_path_what_it_expects_the_caller_to_say
     assert contexts()[0] == states["init"].asr_context and "75011" in states["ask_zip_code"].asr_context
     rig.controller.reannounce()  # a restarted VAD learns it again
     assert contexts()[-1] == states["ask_zip_code"].asr_context
+
+
+async def test_a_call_moves_the_dialog_metrics_and_its_live_view(rig: Rig) -> None:
+    from prometheus_client import REGISTRY
+
+    from rtcore.runtime.messages import CallView
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    names = [("rtcore_calls_started_total", {}), ("rtcore_calls_ended_total", {"outcome": "qualified"}),
+             ("rtcore_call_duration_seconds_count", {}), ("rtcore_eos_to_reply_seconds_count", {}),
+             ("rtcore_intents_total", {"intent": "ok_zipcode", "source": "speech"}),
+             ("rtcore_intents_total", {"intent": "ok_slot", "source": "speech"})]
+    before = [sample(name, **labels) for name, labels in names]
+    call_id = await rig.call("0699887766")
+    await until(lambda: rig.controller.calls.get(call_id) is not None and rig.controller.calls[call_id].setup_done)
+    rig.controller.update_gauges()
+    assert sample("rtcore_calls_active") == 1.0
+    assert (sample("rtcore_channels_active", type="caller"), sample("rtcore_channels_active", type="snoop"),
+            sample("rtcore_channels_active", type="media")) == (1.0, 2.0, 1.0)
+    await rig.dialog(call_id, HAPPY)
+    await rig.lead(call_id)
+    after = [sample(name, **labels) for name, labels in names]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 6, 1, 1]
+    assert sample("rtcore_calls_active") == 0.0 and sample("rtcore_channels_active", type="media") == 0.0
+    views = [m for m in rig.published if isinstance(m, CallView) and m.call_id == call_id]
+    assert views[0].state == "init" and views[0].turns == 0
+    assert [v.turns for v in views if v.state != "ended"][-1] == 6
+    zip_turn = next(v for v in views if v.last_intent == "ok_zipcode")
+    assert zip_turn.last_transcript == "C'est le 75011." and zip_turn.last_turn_ms > 0
+    assert views[-1].state == "ended" and views[-1].outcome == "qualified" and views[-1].ended_at > 0

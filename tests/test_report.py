@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rtcore.dialog.leads import Lead
-from rtcore.launch.report import LoadCollector, build_report, format_report
+from rtcore.launch.report import LoadCollector, RunHistograms, build_report, format_report
 
 
 def lead(call_id: str, outcome: str, end_reason: str = "bot hung up") -> Lead:
@@ -17,7 +17,7 @@ def report(drain: dict[str, int] | None) -> dict[str, Any]:
     collector = LoadCollector(subscriber=None, started_wall=1000.0)  # type: ignore[arg-type]  # nothing to read
     leads = [lead("a", "qualified"), lead("b", "error"), lead("c", "rejected", "draining"),
              lead("d", "abandoned", "drain timeout")]
-    return build_report(collector, leads, [], 12.5, drain=drain)
+    return build_report(collector, leads, RunHistograms.empty(), 12.5, drain=drain)
 
 
 def test_refused_calls_are_outcomes_neither_completed_nor_failed() -> None:

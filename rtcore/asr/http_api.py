@@ -5,7 +5,16 @@ Endpoints (every error is JSON `{"error": "..."}` with a 4xx/5xx status; the ser
   -> `{"text", "processing_time" (s), "filename", "language", "batch_size"}`.
 - `POST /whisper`: JSON `{"audio": base64 of an audio file, "filename", "connection_id"}`
   -> `{"transcription": text}`, in `asr_language`.
-- `GET /health` -> `{"status": "ok", "model", "device", "free_slots"}`.
+- `GET /health` -> `{"status": "ok", "model", "device", "free_slots"}`, and with a run's health checks
+  (rtcore.observe.health) every process, ARI, Redis, the call slots and `reasons`; 503 when not serving.
+- `GET /ready` -> the same, 503 while a new call could not be taken (no slot, draining, ASR behind).
+
+Access: with `http_token` set, every request must carry it (`Authorization: Bearer <token>`, or as
+the basic-auth password, which browsers then send with the live view's event stream too); 401
+otherwise. A token is required when `http_host` is beyond loopback (Settings refuses to start
+without): what callers said goes through this service. Every answer is counted in
+rtcore_http_requests_total{endpoint,status} and timed in rtcore_http_request_duration_seconds,
+the endpoint being the route's path (never the request's own path: a bounded label set).
 
 An upload is decoded here (any format FFmpeg reads, resampled to 16 kHz mono) in a worker thread,
 then handed to a `Transcriber`. `PipelineTranscriber` is the real one: it writes the audio into a
@@ -30,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
 import json
 import logging
 import re
@@ -41,7 +51,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +68,7 @@ from rtcore.asr.transcriber import (
     UnsupportedMedia,
     model_name,
 )
+from rtcore.runtime import telemetry
 from rtcore.runtime.audio import SAMPLE_RATE, AudioError, load_audio, measure_duration
 from rtcore.runtime.config import Settings
 
@@ -135,14 +146,49 @@ def _one_line(text: str, limit: int = 200) -> str:
     return re.sub(r"^\d{3}, message: ", "", line)[:limit]  # aiohttp's HttpProcessingError prefix
 
 
+class HealthVerdict(Protocol):
+    healthy: bool
+    ready: bool
+    body: dict[str, Any]
+
+
+class RunHealth(Protocol):
+    """The run's health checks (rtcore.observe.health.HealthChecks)."""
+
+    async def assess(self) -> HealthVerdict: ...
+
+
+def endpoint_label(request: web.Request) -> str:
+    """The route that answered, as a metric label: its path pattern, or "unmatched" (a 404's path is
+    the client's invention: never a label)."""
+    resource = request.match_info.route.resource  # None for the router's 404 and 405
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def bearer_or_basic_token(header: str) -> str:
+    """The token an Authorization header carries: Bearer <token>, or Basic with the token as password."""
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+        except (binascii.Error, ValueError):
+            return ""
+    return ""
+
+
 # --- the application ---------------------------------------------------------------------------
 class HttpApi:
     """The request handlers, the limits they enforce, and request counters for Metrics."""
 
-    def __init__(self, transcriber: Transcriber, settings: Settings, intents: Any = None) -> None:
+    def __init__(self, transcriber: Transcriber, settings: Settings, intents: Any = None,
+                 run_health: RunHealth | None = None) -> None:
         from faster_whisper.tokenizer import _LANGUAGE_CODES  # the codes Whisper's tokenizer knows
 
         self.transcriber = transcriber
+        self.run_health = run_health
+        self._token = settings.http_token.get_secret_value().encode()
         self._intents = intents
         self.settings = settings
         self.limits = ConnectionLimits.from_settings(settings)
@@ -159,12 +205,21 @@ class HttpApi:
     async def errors_as_json(self, request: web.Request,
                              handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         self.counters["requests"] += 1
+        started = time.monotonic()
         connection = request.protocol if isinstance(request.protocol, _Connection) else None
         if connection is not None:
             connection.request_started()  # its headers are in: the header deadline no longer runs
         try:
-            response = await self._answer(request, handler)
+            if self._token and not self._authorized(request):
+                response: web.StreamResponse = self._error(401, "this service needs its access token (http_token): "
+                                                                "Authorization: Bearer <token>")
+                response.headers["WWW-Authenticate"] = 'Basic realm="rtcore", charset="UTF-8"'
+            else:
+                response = await self._answer(request, handler)
             self.counters[f"responses_{response.status}"] += 1
+            endpoint = endpoint_label(request)
+            telemetry.HTTP_REQUESTS.labels(endpoint=endpoint, status=str(response.status)).inc()
+            telemetry.HTTP_DURATION.labels(endpoint=endpoint).observe(time.monotonic() - started)
             if connection is not None and connection.close_after_answer:
                 # The rest of a body this slow (or broken) is not worth reading: answer, then close at once.
                 with suppress(ConnectionError):
@@ -207,10 +262,28 @@ class HttpApi:
             log.info("HTTP %d: %s", status, message)
         return _json_response({"error": message}, status=status)
 
+    def _authorized(self, request: web.Request) -> bool:
+        given = bearer_or_basic_token(request.headers.get("Authorization", ""))
+        return hmac.compare_digest(given.encode(), self._token)
+
     # --- handlers ------------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
-        return _json_response({"status": "ok", "model": model_name(self.settings),
-                                  "device": self.settings.asr_device, **self.transcriber.health()})
+        return await self._health(ready=False)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        return await self._health(ready=True)
+
+    async def _health(self, ready: bool) -> web.Response:
+        body: dict[str, Any] = {"status": "ok", "model": model_name(self.settings), "device": self.settings.asr_device,
+                                **self.transcriber.health()}
+        if self.run_health is None:
+            return _json_response(body)
+        verdict = await self.run_health.assess()
+        good = verdict.ready if ready else verdict.healthy
+        body.update(verdict.body)
+        body["status"] = "ok" if good else "unavailable"
+        body["ready"] = verdict.ready
+        return _json_response(body, status=200 if good else 503)
 
     async def transcribe(self, request: web.Request) -> web.Response:
         """Seed's /transcribe: multipart `audio` file and optional `language`."""
@@ -344,14 +417,17 @@ def _parse_json(body: bytes) -> Any:
 API_KEY = web.AppKey("api", HttpApi)
 
 
-def create_app(transcriber: Transcriber, settings: Settings, intents: Any = None) -> web.Application:
+def create_app(transcriber: Transcriber, settings: Settings, intents: Any = None,
+               run_health: RunHealth | None = None) -> web.Application:
     """The service as an aiohttp application (`app[API_KEY].metrics()` for the counters).
-    `intents`: the IntentSource behind /embedding_main/ and /embedding_faqs/ (default: embedded)."""
-    api = HttpApi(transcriber, settings, intents)
+    `intents`: the IntentSource behind /embedding_main/ and /embedding_faqs/ (default: embedded).
+    `run_health`: the run's health checks behind /health and /ready (None: the seed's plain answer)."""
+    api = HttpApi(transcriber, settings, intents, run_health)
     # aiohttp refuses larger bodies itself (413, turned into JSON by the middleware).
     app = web.Application(client_max_size=api.max_body_bytes, middlewares=[api.errors_as_json])
     app[API_KEY] = api
     app.router.add_get("/health", api.health)
+    app.router.add_get("/ready", api.ready)
     app.router.add_post("/transcribe", api.transcribe)
     app.router.add_post("/whisper", api.whisper)
     # The seed's intent API, so its clients (and rtcore's own HTTP intent client) can use ours.

@@ -212,7 +212,9 @@ class PipelineTranscriber:
             raise TranscriptionFailed(f"transcription failed: {transcript.error}")
         text = transcript.text
         if transcript.hallucination:
-            log.info("%s: Whisper output flagged as a hallucination, returned as empty: %r", utterance_id, text)
+            # What Whisper heard is the caller's data: the text only at DEBUG.
+            log.info("%s: Whisper output flagged as a hallucination, returned as empty", utterance_id)
+            log.debug("%s: the flagged output: %r", utterance_id, text)
             text = ""
         return TranscriptionResult(text=text, processing_time=time.monotonic() - submitted,
                                    batch_size=transcript.batch_size, hallucination=transcript.hallucination)

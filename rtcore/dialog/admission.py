@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from rtcore.dialog.ari.client import AriError
 from rtcore.dialog.call import Call
 from rtcore.dialog.leads import Lead
+from rtcore.runtime import telemetry
 from rtcore.runtime.messages import AsrStatus, Drain
 
 if TYPE_CHECKING:
@@ -144,8 +145,10 @@ async def refuse(ctrl: CallController, channel: dict[str, Any], refusal: Refusal
     caller = str((channel.get("caller") or {}).get("number", ""))
     ctrl.remember_ended(call_id)  # its dialplan h re-entry or a resynchronisation is not a new caller
     admission.refused(refusal)
+    telemetry.CALLS_REFUSED.labels(reason=refusal.counter.removeprefix("refused_")).inc()
+    telemetry.CALLS_ENDED.labels(outcome=REJECTED).inc()
     mode = admission.options.refuse
-    log.warning("call %s from %s refused (%s): %s", call_id, caller or "unknown", mode, refusal.reason)
+    log.warning("call %s refused (%s): %s", call_id, mode, refusal.reason)
     lead = Lead(call_id=call_id, caller=caller, started_at=ctrl._clock(), outcome=REJECTED,
                 end_reason=refusal.reason)
     try:

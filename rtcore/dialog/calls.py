@@ -40,12 +40,25 @@ from rtcore.dialog.engine import DialogEngine
 from rtcore.dialog.joining import TurnJoiner
 from rtcore.dialog.leads import Lead, LeadStore, Turn
 from rtcore.dialog.script import DialogScript
-from rtcore.dialog.setup import BRIDGE, HELPER_CHANNEL_TYPES, OWN_ARGS_PREFIX, SetupError, StasisWaiter, connect_media
+from rtcore.dialog.setup import (
+    BRIDGE,
+    HELPER_CHANNEL_TYPES,
+    MEDIA,
+    OWN_ARGS_PREFIX,
+    SNOOP_IN,
+    SNOOP_REC,
+    SetupError,
+    StasisWaiter,
+    connect_media,
+)
 from rtcore.dialog.turns import IntentSource, TurnTaking
+from rtcore.runtime import telemetry
+from rtcore.runtime.logs import call_context
 from rtcore.runtime.messages import (
     AsrStatus,
     CallEnded,
     CallStarted,
+    CallView,
     Drain,
     Message,
     ProcessStarted,
@@ -65,6 +78,8 @@ RECENTLY_ENDED_KEPT = 4096
 # transcribed after the call ended: its lead stays at hand this long to take them.
 # Processes that learn the calls in progress from the dialog's announcements.
 REANNOUNCE_TO = frozenset({"rtp_capture", "vad"})
+# The process that shows the calls in progress (the live view): told them all when it (re)starts.
+VIEWS_TO = "http_api"
 LAST_WORDS_WAIT_S = 60.0
 LAST_WORDS_KEPT = 1024
 
@@ -142,7 +157,26 @@ class CallController(TurnTaking):
         return "ignored"
 
     def handle_event(self, event: dict[str, Any]) -> str:
-        """Act on one ARI event (cheap: real work runs in per-call tasks); returns its meaning."""
+        """Act on one ARI event (cheap: real work runs in per-call tasks); returns its meaning.
+        What it logs, and the tasks it starts, are about the event's call (rtcore.runtime.logs)."""
+        with call_context(self._call_of(event)):
+            return self._handle_event(event)
+
+    def _call_of(self, event: dict[str, Any]) -> str:
+        """The call an event is about: its channel's (a caller, or one of our helpers), its playback's."""
+        channel = event.get("channel")
+        channel_id = channel.get("id") if isinstance(channel, dict) else None
+        playback = event.get("playback")
+        playback_id = playback.get("id") if isinstance(playback, dict) else None
+        for key in (channel_id, playback_id):
+            if isinstance(key, str) and key:
+                if key in self.calls:
+                    return key
+                if key in self._owner:
+                    return self._owner[key]
+        return channel_id if isinstance(channel_id, str) and event.get("type") == "StasisStart" else ""
+
+    def _handle_event(self, event: dict[str, Any]) -> str:
         meaning = self.classify_event(event)
         channel = event.get("channel") or {}
         if meaning == "new_call":
@@ -167,9 +201,16 @@ class CallController(TurnTaking):
     def handle_message(self, message: Message) -> None:
         """A bus message: about a call (from the audio path or the ASR), or about the run (a process
         back, the ASR's load, a drain)."""
+        with call_context(str(getattr(message, "call_id", ""))):
+            self._handle_message(message)
+
+    def _handle_message(self, message: Message) -> None:
         if isinstance(message, ProcessStarted):
             if message.restarts and message.process in REANNOUNCE_TO:
                 self.reannounce()  # it has just come back knowing no call: tell it now
+            if message.process == VIEWS_TO:
+                for in_progress in self.calls.values():
+                    self.publish_view(in_progress)
             return
         if isinstance(message, (AsrStatus, Drain)):
             self.admission_message(message)
@@ -231,7 +272,11 @@ class CallController(TurnTaking):
         call = self.new_call(call_id, caller)
         call.lease = lease
         assert call.engine is not None and call.lead is not None
-        log.info("call %s from %s", call_id, caller or "unknown")
+        telemetry.CALLS_STARTED.inc()
+        # The caller's number is personal data: not in INFO logs.
+        log.info("call %s answered", call_id)
+        log.debug("call %s from %s", call_id, caller or "unknown")
+        self.publish_view(call)
         try:
             await self.ari.answer(call_id)
             if not call.engine.ended:  # a drain's end may have cut it short already
@@ -254,6 +299,7 @@ class CallController(TurnTaking):
         call.rtp_source = media.rtp_source
         call.lead.recording = media.recording
         call.setup_done = True
+        self.update_gauges()
         self.announce(call)
         self._listen_mode(call)
         self.save(call)
@@ -271,6 +317,28 @@ class CallController(TurnTaking):
             if call.setup_done and not call.ended and call.lease is not None and call.started is not None:
                 self.publish(call.started)
                 self.publish_context(call, force=True)
+
+    def publish_view(self, call: Call) -> None:
+        """The call as the live view shows it (after each change)."""
+        if call.lead is None or call.engine is None:
+            return
+        turns = [turn for turn in call.lead.turns if turn.source in ("speech", "dtmf")]
+        last = turns[-1] if turns else None
+        self.publish(CallView(call_id=call.call_id, state="ended" if call.ended else call.engine.state.state,
+                              started_at=call.lead.started_at, turns=len(turns),
+                              last_transcript=last.transcript if last else "", last_intent=last.intent if last else "",
+                              last_turn_ms=round(last.latency_ms.get("eos_to_reply", 0.0), 1) if last else 0.0,
+                              ended_at=call.lead.ended_at, outcome=call.lead.outcome if call.ended else ""))
+
+    def update_gauges(self) -> None:
+        """Calls and ARI channels held now (rtcore_calls_active, rtcore_channels_active)."""
+        active = [call for call in self.calls.values() if not call.ended]
+        helpers = [helper for call in active for helper in call.helpers]
+        telemetry.CALLS_ACTIVE.set(len(active))
+        telemetry.CHANNELS_ACTIVE.labels(type="caller").set(len(active))
+        telemetry.CHANNELS_ACTIVE.labels(type="snoop").set(
+            sum(1 for helper in helpers if helper.endswith((SNOOP_IN, SNOOP_REC))))
+        telemetry.CHANNELS_ACTIVE.labels(type="media").set(sum(1 for helper in helpers if helper.endswith(MEDIA)))
 
     def own(self, call: Call, helper_id: str) -> None:
         if helper_id not in call.helpers:
@@ -341,6 +409,10 @@ class CallController(TurnTaking):
             self.failed += 1
         else:
             self.completed += 1
+        telemetry.CALLS_ENDED.labels(outcome=call.lead.outcome).inc()
+        telemetry.CALL_DURATION.observe(max(0.0, call.lead.ended_at - call.lead.started_at))
+        self.publish_view(call)
+        self.update_gauges()
         log.info("call %s ended (%s): %s", call.call_id, reason, call.lead.outcome)
 
     def remember_ended(self, call_id: str) -> None:

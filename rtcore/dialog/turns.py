@@ -21,6 +21,8 @@ from rtcore.dialog.call import Call, TurnUndo
 from rtcore.dialog.engine import Reply
 from rtcore.dialog.leads import LeadStore, Turn
 from rtcore.dialog.script import DialogScript
+from rtcore.intents import INTENTS
+from rtcore.runtime import telemetry
 from rtcore.runtime.messages import CallContext, ListenMode, Message, Transcript, TurnTaken, UtteranceReady
 
 log = logging.getLogger(__name__)
@@ -29,10 +31,29 @@ log = logging.getLogger(__name__)
 # before the first piece is understood alone; re-armed while its transcript is on its way.
 JOIN_WAIT_S = 6.0
 UNDONE_LEAD_FIELDS = ("zip_code", "owner", "heating", "callback", "slot", "outcome")
+KNOWN_INTENTS = frozenset(INTENTS) | {"unknown"}
+
+
+def intent_label(intent: str) -> str:
+    """An intent as a metric label: an HTTP intent API may answer anything, a label set must stay small."""
+    return intent if intent in KNOWN_INTENTS else "other"
 
 
 class IntentSource(Protocol):
     async def classify(self, text: str, state: str | None = None) -> Any: ...
+
+
+class CountedIntentApi:
+    """The seed's HTTP intent API, each classification counted by result: "ok" or the seed's error
+    code (rtcore_intent_api_requests_total)."""
+
+    def __init__(self, source: IntentSource) -> None:
+        self._source = source
+
+    async def classify(self, text: str, state: str | None = None) -> Any:
+        result = await self._source.classify(text, state)
+        telemetry.INTENT_API_REQUESTS.labels(result=getattr(result, "error", "") or "ok").inc()
+        return result
 
 
 class TurnTaking:
@@ -56,6 +77,9 @@ class TurnTaking:
         raise NotImplementedError
 
     def save(self, call: Call, ended: bool = False) -> None:
+        raise NotImplementedError
+
+    def publish_view(self, call: Call) -> None:
         raise NotImplementedError
 
     async def hangup(self, call: Call) -> None:
@@ -327,6 +351,12 @@ class TurnTaking:
         self._turn_taken(call, transcript, turn)
 
     def _turn_taken(self, call: Call, transcript: Transcript, turn: Turn) -> None:
+        eos_to_reply_ms = turn.latency_ms.get("eos_to_reply", 0.0)
+        if eos_to_reply_ms > 0:
+            telemetry.EOS_TO_REPLY.observe(eos_to_reply_ms / 1000)
+        if turn.source == "speech":
+            telemetry.INTENTS.labels(intent=intent_label(turn.intent), source="speech").inc()
+        self.publish_view(call)
         self.publish(TurnTaken(call_id=call.call_id, utterance_id=transcript.utterance_id, intent=turn.intent,
                                eos_to_transcript_ms=turn.latency_ms.get("eos_to_transcript", 0.0),
                                eos_to_reply_ms=turn.latency_ms.get("eos_to_reply", 0.0)))
@@ -339,8 +369,10 @@ class TurnTaking:
         if reply is not None:
             turn = Turn(at=self._clock(), prompt=list(call.engine.state.last_prompts), transcript=pressed,
                         intent="ok_zipcode" if reply.saved.get("zip_code") else "unknown", source="dtmf")
+            telemetry.INTENTS.labels(intent=intent_label(turn.intent), source="dtmf").inc()
             if call.playbacks and not call.hangup_after_prompts:
                 await self._stop_prompts(call)
             await self.say(call, reply, turn)
+            self.publish_view(call)
         else:
             self.save(call)  # the digits so far are part of the call's state

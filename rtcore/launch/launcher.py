@@ -108,7 +108,7 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
         check_asterisk_first(settings)
     from rtcore.dialog.leads import read_leads
     from rtcore.launch.pipeline import pipeline
-    from rtcore.launch.report import CpuMeter, LoadCollector, build_report, percentiles
+    from rtcore.launch.report import CpuMeter, LoadCollector, RunHistograms, build_report
     from rtcore.runtime.bus import Subscriber
     from rtcore.runtime.messages import CallEnded, CallStarted, Transcript, TurnTaken, UtteranceReady
     from rtcore.runtime.metrics import serve_metrics
@@ -132,9 +132,9 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
     cleanups: list[Callable[[], None]] = []
     try:
         if settings.metrics_port:
-            _, stop_metrics = serve_metrics(supervisor, settings.http_host, settings.metrics_port)
+            _, stop_metrics = serve_metrics(supervisor, settings.metrics_host, settings.metrics_port)
             cleanups.append(stop_metrics)
-            log.info("Prometheus metrics on http://%s:%d/metrics", settings.http_host, settings.metrics_port)
+            log.info("Prometheus metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
         collector = LoadCollector(Subscriber(supervisor.settings.endpoint("bus_sub"),
                                              [CallStarted, CallEnded, UtteranceReady, Transcript, TurnTaken]))
         cleanups.append(collector.subscriber.close)
@@ -151,11 +151,13 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
             now = time.monotonic()
             if progress is not None and now >= next_progress[0]:
                 next_progress[0] = now + progress_every_s
-                t, r = percentiles(collector.eos_to_transcript), percentiles(collector.eos_to_reply)
-                # Counted from the dialog's CallStarted/CallEnded: the same for any PBX.
+                # Since the start, from the histograms Prometheus scrapes. Calls are counted from the
+                # dialog's CallStarted/CallEnded: the same for any PBX.
+                h = RunHistograms.read(supervisor.metrics_dir)
                 progress(f"[{now - started:6.0f} s] calls active {collector.calls_active}, finished "
-                         f"{len(collector.calls_ended)} | eos->transcript p50 {t['p50']:.0f} p95 {t['p95']:.0f} ms | "
-                         f"eos->reply p50 {r['p50']:.0f} p95 {r['p95']:.0f} ms")
+                         f"{len(collector.calls_ended)} | eos->transcript p50 {h.ms('eos_to_transcript', 0.5):.0f} "
+                         f"p95 {h.ms('eos_to_transcript', 0.95):.0f} ms | eos->reply p50 "
+                         f"{h.ms('eos_to_reply', 0.5):.0f} p95 {h.ms('eos_to_reply', 0.95):.0f} ms")
             return now
 
         def finished() -> bool:
@@ -185,8 +187,8 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
             leads = list(read_leads(client))
         finally:
             client.close()
-        workers = [c.metrics for name, c in supervisor.children.items() if name.startswith("asr-")]
-        report = build_report(collector, leads, workers, cpu.percent(), drain=drain)
+        report = build_report(collector, leads, RunHistograms.read(supervisor.metrics_dir), cpu.percent(),
+                              drain=drain)
         if simulated and pbx is not None and pbx.metrics.get("done"):
             report["left_behind"] = left_behind(supervisor)
         return report

@@ -1,5 +1,11 @@
 """What a `rtcore launch` run measured: calls, outcomes, utterances, latencies, batching, CPU.
 
+Latency percentiles and batch figures come from the run's Prometheus histograms
+(rtcore.runtime.telemetry: rtcore_eos_to_transcript_seconds, rtcore_eos_to_reply_seconds,
+rtcore_asr_queue_wait_seconds, rtcore_asr_inference_seconds, rtcore_asr_batch_size), estimated as
+Prometheus's histogram_quantile() does: the figures a Grafana panel shows for the same run. Only
+`max` is exact (a histogram has none): the collector's.
+
 The collector listens on the bus (CallStarted/CallEnded and TurnTaken from the dialog,
 UtteranceReady from the VAD, Transcript from the ASR), so calls are counted as the dialog handled
 them, whatever the PBX (a real Asterisk or the embedded one), and latencies are those of the real
@@ -15,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,8 +29,39 @@ import psutil
 
 from rtcore.dialog.admission import REJECTED
 from rtcore.dialog.leads import Lead
+from rtcore.runtime import telemetry
 from rtcore.runtime.bus import Subscriber
 from rtcore.runtime.messages import CallEnded, CallStarted, Transcript, TurnTaken, UtteranceReady
+from rtcore.runtime.telemetry import HistogramSnapshot
+
+HISTOGRAMS = {"eos_to_transcript": "rtcore_eos_to_transcript_seconds", "eos_to_reply": "rtcore_eos_to_reply_seconds",
+              "worker_queue": "rtcore_asr_queue_wait_seconds", "batch_run": "rtcore_asr_inference_seconds",
+              "batch_size": "rtcore_asr_batch_size"}
+
+
+@dataclass(frozen=True)
+class RunHistograms:
+    """The run's latency and batch histograms, read from every process's metrics files."""
+
+    series: dict[str, HistogramSnapshot]
+
+    @classmethod
+    def read(cls, metrics_dir: Path) -> RunHistograms:
+        metrics = list(telemetry.multiprocess_registry(metrics_dir).collect())
+        return cls({key: HistogramSnapshot.read(metrics, name) for key, name in HISTOGRAMS.items()})
+
+    @classmethod
+    def empty(cls) -> RunHistograms:
+        return cls({key: HistogramSnapshot((), 0.0, 0.0) for key in HISTOGRAMS})
+
+    def ms(self, key: str, q: float) -> float:
+        """The q-quantile of a seconds histogram, in ms (0.0 with no observation)."""
+        value = self.series[key].quantile(q)
+        return 0.0 if value != value else round(value * 1000, 1)  # NaN: nothing observed
+
+    def figures_ms(self, key: str, exact: list[float]) -> dict[str, float]:
+        return {"p50": self.ms(key, 0.5), "p95": self.ms(key, 0.95),
+                "max": round(max(exact), 1) if exact else 0.0, "count": int(self.series[key].count)}
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -116,28 +154,29 @@ class CpuMeter:
         return round(100 * (self._total() - self._base) / elapsed, 1) if elapsed > 0 else 0.0
 
 
-def build_report(collector: LoadCollector, leads: Iterable[Lead], worker_metrics: list[dict[str, float]],
+def build_report(collector: LoadCollector, leads: Iterable[Lead], histograms: RunHistograms,
                  cpu_percent: float, drain: dict[str, int] | None = None) -> dict[str, Any]:
-    """`drain`: what Supervisor.drain returned, when the run was drained before it stopped. Calls
-    the dialog refused (outcome `rejected`: admission control, a drain) are in `outcomes` only:
-    neither completed nor failed."""
+    """`histograms`: the run's (RunHistograms.read of the supervisor's metrics directory). `drain`:
+    what Supervisor.drain returned, when the run was drained before it stopped. Calls the dialog
+    refused (outcome `rejected`: admission control, a drain) are in `outcomes` only: neither
+    completed nor failed."""
     leads = [lead for lead in leads if lead.started_at >= collector.started_wall - 1]
     finished = [lead for lead in leads if lead.ended_at]
     outcomes = Counter(lead.outcome for lead in finished)
-    batches = sum(m.get("batches", 0.0) for m in worker_metrics)
-    utterances = sum(m.get("utterances", 0.0) for m in worker_metrics)
+    batch_size = histograms.series["batch_size"]
     total = len(collector.utterances)
     report: dict[str, Any] = {
         "calls_completed": sum(1 for lead in finished if lead.outcome not in ("error", REJECTED)),
         "calls_failed": outcomes.get("error", 0),
         "outcomes": dict(sorted(outcomes.items())),
         "utterances": {"total": total, "dropped": total - len(collector.utterances & collector.transcribed)},
-        "latency_ms": {"eos_to_transcript": percentiles(collector.eos_to_transcript),
-                       "eos_to_reply": percentiles(collector.eos_to_reply)},
-        "asr": {"mean_batch_size": round(utterances / batches, 2) if batches else 0.0,
+        "latency_ms": {"eos_to_transcript": histograms.figures_ms("eos_to_transcript", collector.eos_to_transcript),
+                       "eos_to_reply": histograms.figures_ms("eos_to_reply", collector.eos_to_reply)},
+        "asr": {"mean_batch_size": round(batch_size.total / batch_size.count, 2) if batch_size.count else 0.0,
+                "batches": int(batch_size.count),
                 # Where eos_to_transcript goes: waiting at a worker, then running its batch.
-                "worker_queue_ms": percentiles(collector.queue_ms),
-                "batch_run_ms": percentiles(collector.inference_ms),
+                "worker_queue_ms": histograms.figures_ms("worker_queue", collector.queue_ms),
+                "batch_run_ms": histograms.figures_ms("batch_run", collector.inference_ms),
                 "windows_s": {f"{w:g}": n for w, n in sorted(collector.windows.items())}},
         "cpu_percent": cpu_percent,
     }

@@ -6,6 +6,7 @@ stdin, so every process of one run sees exactly the same values.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "RTCORE_"
 # Environment variables with this prefix that are not settings themselves.
@@ -198,7 +199,14 @@ class Settings(BaseModel):
     intent_timeout: float = Field(5.0, gt=0)
 
     # --- ports and bus ------------------------------------------------------------------------
-    http_host: str = "127.0.0.1"
+    http_host: str = Field("127.0.0.1", description="Where the HTTP service (API, /health, the live view) listens. "
+                                                    "It shows what callers said: an address beyond loopback needs "
+                                                    "http_token.")
+    http_token: SecretStr = Field(SecretStr(""), description="When set, every HTTP request must carry it "
+                                                             "(Authorization: Bearer <token>, or as the password of "
+                                                             "basic auth); required when http_host is not loopback. "
+                                                             "Never logged; or http_token_file.")
+    http_token_file: str = Field("", description="A file whose first line is http_token.")
     http_port: int = Field(8000, ge=0, le=65535)
     http_max_upload_mb: float = Field(25.0, gt=0, description="Largest request body the HTTP API accepts (413 above).")
     http_max_audio_s: float = Field(60.0, gt=0, le=600, description="Longest audio the HTTP API transcribes (413 "
@@ -206,6 +214,9 @@ class Settings(BaseModel):
     http_request_timeout_s: float = Field(120.0, gt=0, description="How long an HTTP transcription may wait for its "
                                                                    "transcript (504 after).")
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus endpoint of the supervisor; 0: off.")
+    metrics_host: str = Field("127.0.0.1", description="Where the Prometheus endpoint listens (it carries no "
+                                                       "transcript, number or zip code: 0.0.0.0 for a remote "
+                                                       "Prometheus is fine).")
     bus_pub_endpoint: str = Field("", description="Where processes publish (ZeroMQ XSUB side); empty: ipc:// in "
                                                   "run_dir.")
     bus_sub_endpoint: str = Field("", description="Where processes subscribe (ZeroMQ XPUB side); empty: ipc:// in "
@@ -250,6 +261,13 @@ class Settings(BaseModel):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _http_beyond_loopback_needs_a_token(self) -> Settings:
+        if not is_loopback(self.http_host) and not self.http_token.get_secret_value():
+            raise ValueError(f"http_host {self.http_host} is beyond loopback, and the HTTP service shows what callers "
+                             "said: set http_token (or http_token_file), or listen on 127.0.0.1")
+        return self
 
     # --- derived paths ------------------------------------------------------------------------
     @property
@@ -297,6 +315,7 @@ class Settings(BaseModel):
         """Every value, secrets revealed: only for a child's stdin, never for a log."""
         data = self.model_dump()
         data["ari_password"] = self.ari_password.get_secret_value()
+        data["http_token"] = self.http_token.get_secret_value()
         return json.dumps(data)
 
     @classmethod
@@ -310,6 +329,16 @@ class Settings(BaseModel):
 
 
 FIELD_NAMES = frozenset(Settings.model_fields)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -367,38 +396,42 @@ def load_settings(
         for name, value in layer.items():
             merged[name] = value
             sources[name] = origin
-    if merged.get("ari_password_file"):
-        if "ari_password" in merged:
-            raise ConfigError(f"invalid configuration:\n  ari_password_file: set either it or ari_password, not both "
-                              f"(ari_password from {sources['ari_password']}, ari_password_file from "
-                              f"{sources['ari_password_file']})")
-        merged["ari_password"] = _read_secret(str(merged["ari_password_file"]), sources["ari_password_file"])
+    for secret in ("ari_password", "http_token"):
+        from_file = f"{secret}_file"
+        if merged.get(from_file):
+            if secret in merged:
+                raise ConfigError(f"invalid configuration:\n  {from_file}: set either it or {secret}, not both "
+                                  f"({secret} from {sources[secret]}, {from_file} from {sources[from_file]})")
+            merged[secret] = _read_secret(str(merged[from_file]), sources[from_file], from_file)
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, merged, sources)) from None
 
 
-def _read_secret(path: str, origin: str) -> str:
+def _read_secret(path: str, origin: str, field: str) -> str:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"invalid configuration:\n  ari_password_file: cannot read {path}: "
+        raise ConfigError(f"invalid configuration:\n  {field}: cannot read {path}: "
                           f"{getattr(exc, 'strerror', None) or exc} (from {origin})") from None
     if not lines or not lines[0].strip():
-        raise ConfigError(f"invalid configuration:\n  ari_password_file: {path} is empty (from {origin})")
+        raise ConfigError(f"invalid configuration:\n  {field}: {path} is empty (from {origin})")
     return lines[0].strip()
 
 
 def _describe(exc: ValidationError, merged: Mapping[str, Any], sources: Mapping[str, str]) -> str:
     lines = ["invalid configuration:"]
     for err in exc.errors():
-        name = str(err["loc"][0]) if err["loc"] else "?"
+        if not err["loc"]:  # a rule across settings: its message names them
+            lines.append(f"  {str(err['msg']).removeprefix('Value error, ')}")
+            continue
+        name = str(err["loc"][0])
         if err["type"] == "extra_forbidden":
             lines.append(f"  {name}: no such setting (from {sources.get(name, 'defaults')})")
             continue
         origin = sources.get(name, "defaults")
-        shown = "'**********'" if "password" in name else repr(merged.get(name))
+        shown = "'**********'" if "password" in name or "token" in name else repr(merged.get(name))
         if origin == "environment":
             origin = f"environment {ENV_PREFIX}{name.upper()}"
         elif origin == "command line":

@@ -250,7 +250,9 @@ class AriClient:
             return dict(event)
         self.malformed_events += 1
         if self.malformed_events <= _MALFORMED_LOGGED or self.malformed_events % 1000 == 0:
-            log.warning("ARI event dropped (%s; %d so far): %.200s", reason, self.malformed_events, text)
+            # An event carries callers' numbers: its text only at DEBUG.
+            log.warning("ARI event dropped (%s; %d so far)", reason, self.malformed_events)
+            log.debug("the dropped ARI event: %.200s", text)
         return None
 
 
