@@ -9,12 +9,12 @@ import logging
 import os
 import time
 
-import msgspec
 import zmq
 
+from rtcore.asr.batcher import BatchPolicy
 from rtcore.asr.dispatch import AsrDispatcher
 from rtcore.runtime.bus import HWM, Publisher, ZmqContext
-from rtcore.runtime.messages import AsrCredit, AsrStatus, MessageError, Transcript, UtteranceReady, decode, encode
+from rtcore.runtime.messages import AsrCredit, MessageError, Transcript, UtteranceReady, decode, encode
 from rtcore.runtime.process import ProcessContext, run_process
 
 log = logging.getLogger(__name__)
@@ -29,16 +29,8 @@ def main(ctx: ProcessContext) -> None:
     s = ctx.settings
     started_wall, started = time.time(), time.monotonic()
     dispatcher = AsrDispatcher(worker_timeout_s=s.asr_worker_timeout_s, queue_limit=s.asr_queue_limit,
-                               started=started, holding_grace_s=HOLDING_GRACE_S)
+                               started=started, holding_grace_s=HOLDING_GRACE_S, policy=BatchPolicy.from_settings(s))
     pid = os.getpid()
-
-    def status(now: float) -> AsrStatus:
-        workers = dispatcher.workers.values()
-        return AsrStatus(pid=pid, started_at=started_wall, pending=len(dispatcher.pending),
-                         in_flight=sum(len(w.in_flight) for w in workers), workers=len(workers),
-                         capacity=sum(w.capacity for w in workers), throughput=dispatcher.throughput(now),
-                         expected_wait_ms=dispatcher.expected_wait_ms(now), queue_limit=dispatcher.queue_limit,
-                         refused_full=dispatcher.stats.refused_full)
     zctx: ZmqContext = zmq.Context.instance()
     router = zctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
@@ -72,19 +64,18 @@ def main(ctx: ProcessContext) -> None:
                         continue
                     if isinstance(message, UtteranceReady):
                         if dispatcher.submit(message, now) == "full":
-                            pub.publish(Transcript(utterance_id=message.utterance_id, call_id=message.call_id,
-                                                   text="", error="ASR queue full", eos_at=message.eos_at,
-                                                   published_at=time.time()))
+                            pub.publish(dispatcher.refusal(message, published_at=time.time()))
                     elif isinstance(message, AsrCredit):
                         dispatcher.announce(identity, message, now)
                     elif isinstance(message, Transcript):
                         # What it waited: its eos->transcript less its own batch's run (a long
                         # utterance takes long to transcribe however idle the ASR is).
-                        waited = ((time.time() - message.eos_at) * 1000 - message.inference_ms - message.features_ms
+                        published_at = time.time()
+                        waited = ((published_at - message.eos_at) * 1000 - message.inference_ms - message.features_ms
                                   if message.eos_at and not message.error else None)
-                        first = dispatcher.complete(identity, message, now, waited)
+                        first = dispatcher.complete(identity, message, now, waited, published_at=published_at)
                         if first is not None:
-                            pub.publish(msgspec.structs.replace(first, published_at=time.time()))
+                            pub.publish(first)
             dispatcher.expire(now)
             for identity, utterance in dispatcher.assign(now):
                 try:
@@ -94,7 +85,7 @@ def main(ctx: ProcessContext) -> None:
             ctx.beat()
             if now >= next_status:
                 next_status = now + STATUS_EVERY_S
-                pub.publish(status(now))
+                pub.publish(dispatcher.status(now, pid, started_wall))
             if now >= next_report:
                 next_report = now + REPORT_EVERY_S
                 ctx.report({**dispatcher.metrics(), "rejected": float(rejected)})

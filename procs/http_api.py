@@ -5,6 +5,9 @@ It reports ready once listening; its Metrics carry `listening_port` (the bound p
 http_port 0) and the request and connection counters. Connections are held to the
 http_header_timeout_s, http_body_timeout_s and http_max_connections limits (HttpServer). Heartbeats
 come from an asyncio task, so they stop if the event loop is blocked.
+
+It also serves the live view of the calls (rtcore.observe: /view): an ObservedRun fed from the bus
+(CallView, RunStatus, AsrStatus, Transcript, TurnTaken) in this event loop.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ import asyncio
 import logging
 import time
 
+import redis.asyncio
 import uvloop
 
 from rtcore.asr.http_api import API_KEY, ConnectionLimits, HttpServer, create_app, listening_url
 from rtcore.asr.transcriber import PipelineTranscriber, check_audio_fits
+from rtcore.observe import BusFeed, ObservedRun, add_live_view
+from rtcore.observe.health import HealthChecks
 from rtcore.runtime.process import ProcessContext, run_process
 from rtcore.runtime.ring import AudioRings
 
@@ -34,9 +40,16 @@ async def serve(ctx: ProcessContext) -> None:
     transcriber = PipelineTranscriber(s, rings)
     transcriber.release_leftover_slots()  # after a crash of this process: its requests are gone
     server: HttpServer | None = None
+    observed = ObservedRun()  # what the live view shows (and /health may read: run_status, asr_status)
+    feed = BusFeed(s.endpoint("bus_sub"), observed)
+    # /health pings Redis itself: a dead Redis shows even before the dialog's connection notices.
+    redis_client = redis.asyncio.Redis.from_url(s.redis_url, socket_timeout=1.0) if s.redis_url else None
+    checks = HealthChecks(s, observed, redis_client.ping if redis_client is not None else None)
     try:
+        feed.start()
         await transcriber.start(timeout_s=s.start_timeout_s)
-        app = create_app(transcriber, s)
+        app = create_app(transcriber, s, run_health=checks)
+        add_live_view(app, observed)
         # In-flight requests get part of the stop time to finish; the ASR stops after us.
         server = HttpServer(app, ConnectionLimits.from_settings(s), shutdown_timeout_s=s.stop_timeout_s / 2)
         port = await server.start(s.http_host, s.http_port)
@@ -50,12 +63,16 @@ async def serve(ctx: ProcessContext) -> None:
         while not ctx.stopping.is_set():
             await asyncio.sleep(beat_every)
             ctx.beat()
+            feed.drain()  # the edge-triggered reader's safety net
             if time.monotonic() >= next_report:
                 next_report = time.monotonic() + REPORT_EVERY_S
                 ctx.report({"listening_port": float(port), **api.metrics()})
     finally:
         if server is not None:
             await server.close()
+        feed.close()
+        if redis_client is not None:
+            await redis_client.aclose()
         await transcriber.close()
         rings.close()
 

@@ -64,6 +64,7 @@ async def serve(ctx: ProcessContext) -> None:
         loop.remove_reader(bus_fd)
         for call_id in list(capture.call_stats()):
             capture.remove_call(call_id)
+        capture.export_metrics()  # the counts of the last second too
         transport.close()
         subscriber.close()
         rings.close()

@@ -20,11 +20,10 @@ from rtcore.runtime.messages import (
 )
 from rtcore.runtime.process import ProcessContext, run_process
 from rtcore.runtime.ring import AudioRings
-from rtcore.vad.detector import UtteranceDetector
+from rtcore.vad.detector import TICK_S, UtteranceDetector
 from rtcore.vad.segmenter import SegmenterOptions
 from rtcore.vad.silero import BatchedVad, SileroVad
 
-TICK_S = 0.032
 REPORT_EVERY_S = 1.0
 
 
@@ -32,7 +31,8 @@ def main(ctx: ProcessContext) -> None:
     s = ctx.settings
     rings = AudioRings.attach(ctx.info.rings)
     detector = UtteranceDetector(rings, BatchedVad(SileroVad(), capacity=s.max_calls),
-                                 SegmenterOptions.from_settings(s), stall_timeout_s=s.vad_stall_timeout_s)
+                                 SegmenterOptions.from_settings(s), stall_timeout_s=s.vad_stall_timeout_s,
+                                 period_s=TICK_S)
     sub = Subscriber(s.endpoint("bus_sub"), [CallStarted, CallEnded, ListenMode, CallContext, Transcript, AsrStatus])
     pub = Publisher(s.endpoint("bus_pub"))
     asr = AsrClient(s.endpoint("asr"))

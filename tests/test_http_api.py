@@ -98,14 +98,22 @@ def service() -> Iterator[Service]:
         "http_max_upload_mb": MAX_UPLOAD_MB, "http_port": 0, "asr_workers": 1,
         # A batch of 4 waits up to 1 s for its members: the concurrent requests below share one.
         "asr_batch_size": SLOTS, "asr_max_wait_ms": 1000}
+    # A stopped process is reported after 2 s without a heartbeat, and left alone for a minute.
+    values.update(heartbeat_timeout_s=2.0, unresponsive_kill_s=60.0)
     settings = Settings(**values)
     supervisor = Supervisor(settings, http_service(settings), private_redis=False)
+    stopping = threading.Event()
+    supervising = threading.Thread(target=supervisor.run, args=(stopping.is_set,), daemon=True)
     try:
         supervisor.start()
         assert supervisor.redis is None
         port = int(supervisor.children["http_api"].metrics["listening_port"])
+        supervising.start()  # as `rtcore serve` does: RunStatus every second, restarts
         yield Service(supervisor, f"http://127.0.0.1:{port}", speech)
     finally:
+        stopping.set()
+        if supervising.is_alive():
+            supervising.join(timeout=10)
         supervisor.stop()
         shutil.rmtree(root, ignore_errors=True)
 
@@ -121,11 +129,48 @@ async def post_whisper(service: Service, **kwargs: Any) -> tuple[int, dict[str, 
         return response.status, await response.json()
 
 
+async def get_health(service: Service, path: str = "/health") -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session, session.get(f"{service.url}{path}") as response:
+        return response.status, await response.json()
+
+
+async def until_health(service: Service, condition: Callable[[int, dict[str, Any]], bool],
+                       timeout_s: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, body = await get_health(service)
+        if condition(status, body):
+            return body
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.1)  # a poll of the endpoint, not a wait for a race
+
+
 async def test_health(service: Service) -> None:
-    async with aiohttp.ClientSession() as session, session.get(f"{service.url}/health") as response:
-        assert response.status == 200
-        body = await response.json()
-    assert body == {"status": "ok", "model": "whisper-base", "device": "cpu", "free_slots": SLOTS}
+    body = await until_health(service, lambda status, body: status == 200)
+    # The seed's fields, then the run's.
+    assert {k: body[k] for k in ("status", "model", "device", "free_slots")} == {
+        "status": "ok", "model": "whisper-base", "device": "cpu", "free_slots": SLOTS}
+    assert set(body["processes"]) == {"asr_dispatch", "asr-0", "http_api"}
+    assert all(p["up"] for p in body["processes"].values()) and body["reasons"] == []
+    assert body["asr"]["workers"] == 1 and "redis" not in body and "ari" not in body  # `rtcore serve`: neither
+    status, ready = await get_health(service, "/ready")
+    assert status == 200 and ready["ready"] is True
+
+
+async def test_health_reports_a_process_that_stopped_beating_then_recovers(service: Service) -> None:
+    await until_health(service, lambda status, body: status == 200)
+    worker = service.supervisor.children["asr-0"]
+    os.kill(worker.pid, signal.SIGSTOP)  # alive but silent, as a hung process
+    try:
+        body = await until_health(service, lambda status, body: status == 503)
+        assert body["status"] == "unavailable" and body["processes"]["asr-0"]["up"] is False
+        assert any(re.fullmatch(r"process asr-0: no heartbeat for [\d.]+ s", r) for r in body["reasons"]), body
+        status, _ = await get_health(service, "/ready")
+        assert status == 503
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    body = await until_health(service, lambda status, body: status == 200)
+    assert body["processes"]["asr-0"]["up"] is True and body["processes"]["asr-0"]["restarts"] == 0
 
 
 async def test_transcribe_a_french_recording(service: Service) -> None:
@@ -251,7 +296,7 @@ def test_request_counters_reach_the_supervisor(service: Service) -> None:
     deadline = time.monotonic() + 30
     while child.metrics.get("responses_404", 0.0) <= before:  # reported every second
         assert time.monotonic() < deadline, child.metrics
-        service.supervisor.poll(0.2)
+        time.sleep(0.1)  # the fixture's thread supervises; we only look
     assert child.metrics["requests"] >= child.metrics["responses_404"]
 
 

@@ -18,8 +18,9 @@ ALLOWED: dict[str, set[str]] = {
     "asr": {"runtime", "intents"},
     "dialog": {"runtime", "intents"},
     "sim": {"runtime", "intents", *STAGES},
-    "launch": {"runtime", "intents", *STAGES, "sim"},
-    "cli": {"runtime", "intents", *STAGES, "sim", "launch"},
+    "observe": {"runtime"},
+    "launch": {"runtime", "intents", *STAGES, "sim", "observe"},
+    "cli": {"runtime", "intents", *STAGES, "sim", "launch", "observe"},
     "__init__": set(),
 }
 OUTSIDE = ("procs", "bench", "tests")  # the library never imports the process wiring, benchmarks or tests

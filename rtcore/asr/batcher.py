@@ -75,6 +75,11 @@ class BatchPolicy:
         return MAX_WINDOW_S
 
 
+def window_label(window_s: float) -> str:
+    """A window bucket as a metric label: its seconds, "6", "7.5", "30"."""
+    return f"{window_s:g}"
+
+
 class AsrBatcher:
     def __init__(self, policy: BatchPolicy) -> None:
         self.policy = policy

@@ -13,8 +13,13 @@ its first AsrStatus, and workers list what they hold in every AsrCredit (`holdin
 dispatcher adopts as in flight there. For `holding_grace_s` after its start it hands out no work,
 so that the workers' lists arrive before a resubmitted utterance is sent to a second worker.
 The queue is bounded (`queue_limit`): beyond it an utterance is refused (`submit` says "full";
-the process answers it with an error transcript), and admission control, which reads the
+`refusal` is the error transcript that answers it), and admission control, which reads the
 expected wait in AsrStatus, keeps new calls away long before.
+
+The dispatcher's Prometheus families (rtcore.runtime.telemetry) follow the same bookkeeping: each
+utterance's one transcript is counted by result as it is published (`complete`, `refusal`), with
+its end-of-speech -> transcript latency for a call's; the queue by window bucket, the in-flight
+count, the capacity and the expected wait are set with each AsrStatus (`status`).
 Socket-free, so it is tested directly; procs/asr_dispatch.py wires it to ZeroMQ.
 """
 
@@ -26,7 +31,14 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rtcore.runtime.messages import AsrCredit, Transcript, UtteranceReady
+import msgspec
+
+from rtcore.asr.batcher import BatchPolicy, window_label
+from rtcore.asr.filters import flag
+from rtcore.asr.transcriber import HTTP_CALL_ID
+from rtcore.asr.whisper import SAMPLE_RATE, WhisperOptions
+from rtcore.runtime import telemetry
+from rtcore.runtime.messages import AsrCredit, AsrStatus, Transcript, UtteranceReady
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +46,26 @@ log = logging.getLogger(__name__)
 DONE_MEMORY = 100_000
 THROUGHPUT_WINDOW_S = 10.0  # transcripts per second are measured over this long
 Submitted = Literal["queued", "duplicate", "adopted", "full"]
+Result = Literal["text", "no_speech", "hallucination", "error"]
+QUEUE_FULL = "ASR queue full"
+# The workers judge Whisper's output with WhisperOptions' thresholds (from_settings keeps them).
+_JUDGE = WhisperOptions(model_dir="")
+
+
+def transcript_result(transcript: Transcript) -> Result:
+    """What an utterance's transcript amounts to, as rtcore_asr_utterances_total counts it. A
+    flagged transcript does not say why: Whisper's no-speech verdicts ("empty", "no speech"),
+    which `flag` tries before any other, are found again from what it carries."""
+    if transcript.error:
+        return "error"
+    if not transcript.hallucination:
+        return "text"
+    o = _JUDGE
+    reason = flag(transcript.text, transcript.avg_logprob, transcript.no_speech_prob, language="",
+                  no_speech_threshold=o.no_speech_threshold, logprob_threshold=o.logprob_threshold,
+                  compression_ratio_threshold=o.compression_ratio_threshold, no_speech_doubt=o.no_speech_doubt,
+                  doubt_logprob_threshold=o.doubt_logprob_threshold)
+    return "no_speech" if reason in ("empty", "no speech") else "hallucination"
 
 
 @dataclass
@@ -65,9 +97,10 @@ class DispatchStats:
 
 class AsrDispatcher:
     def __init__(self, worker_timeout_s: float = 10.0, queue_limit: int = 100_000, started: float = 0.0,
-                 holding_grace_s: float = 0.0) -> None:
+                 holding_grace_s: float = 0.0, policy: BatchPolicy | None = None) -> None:
         self.worker_timeout_s = worker_timeout_s
         self.queue_limit = queue_limit
+        self.policy = policy or BatchPolicy()  # the workers' window buckets, to report the queue by
         self.assign_from = started + holding_grace_s  # (monotonic) no work handed out before
         self.pending: deque[UtteranceReady] = deque()
         # (monotonic time, ms waited) of recent transcripts: throughput and expected wait
@@ -76,7 +109,8 @@ class AsrDispatcher:
         self.workers: dict[bytes, WorkerState] = {}
         self.stats = DispatchStats()
         self._owner: dict[str, bytes] = {}  # in-flight utterance id -> worker identity
-        self._queued: set[str] = set()
+        self._queued: dict[str, float] = {}  # queued utterance id -> its window bucket
+        self._depth = dict.fromkeys(self.policy.buckets, 0)  # queued utterances by window bucket
         self._done: OrderedDict[str, None] = OrderedDict()
 
     def submit(self, utterance: UtteranceReady, now: float | None = None) -> Submitted:
@@ -91,13 +125,21 @@ class AsrDispatcher:
             return "duplicate"
         if len(self.pending) >= self.queue_limit:
             self.stats.refused_full += 1
+            telemetry.ASR_REFUSED.inc()
             log.error("ASR queue full (%d utterances): utterance %s refused", len(self.pending), key)
             return "full"
-        self.pending.append(utterance)
-        self._queued.add(key)
-        self._queued_at[key] = time.monotonic() if now is None else now
+        self._enqueue(utterance, time.monotonic() if now is None else now)
         self.stats.received += 1
         return "queued"
+
+    def refusal(self, utterance: UtteranceReady, published_at: float) -> Transcript:
+        """The error transcript to publish for an utterance `submit` refused ("full"). It is that
+        utterance's one transcript: the same utterance submitted again is a duplicate."""
+        transcript = Transcript(utterance_id=utterance.utterance_id, call_id=utterance.call_id, text="",
+                                error=QUEUE_FULL, eos_at=utterance.eos_at, published_at=published_at)
+        self._remember_done(utterance.utterance_id)
+        self._answered(transcript)
+        return transcript
 
     def announce(self, identity: bytes, message: AsrCredit, now: float) -> None:
         worker = self.workers.get(identity)
@@ -117,8 +159,7 @@ class AsrDispatcher:
                 continue
             queued = next((u for u in self.pending if u.utterance_id == key), None) if key in self._queued else None
             if queued is not None:  # resubmitted already: not to be run a second time
-                self._queued.discard(key)
-                self._queued_at.pop(key, None)
+                self._unqueue(key)
                 self.pending.remove(queued)
             worker.in_flight[key] = queued
             self._owner[key] = identity
@@ -134,8 +175,7 @@ class AsrDispatcher:
             if worker is None or worker.free <= 0:
                 break
             utterance = self.pending.popleft()
-            self._queued.discard(utterance.utterance_id)
-            self._queued_at.pop(utterance.utterance_id, None)
+            self._unqueue(utterance.utterance_id)
             worker.in_flight[utterance.utterance_id] = utterance
             self._owner[utterance.utterance_id] = worker.identity
             self.stats.dispatched += 1
@@ -143,9 +183,10 @@ class AsrDispatcher:
         return out
 
     def complete(self, identity: bytes, transcript: Transcript, now: float,
-                 latency_ms: float | None = None) -> Transcript | None:
-        """A worker's transcript: returned if it is the first for its utterance, else None.
-        `latency_ms`: how long it waited (eos->transcript less its batch's run), for the expected wait."""
+                 latency_ms: float | None = None, published_at: float = 0.0) -> Transcript | None:
+        """A worker's transcript: returned, to be published, if it is the first for its utterance,
+        else None. `latency_ms`: how long it waited (eos->transcript less its batch's run), for the
+        expected wait. `published_at`: when it is published (wall clock), stamped on it."""
         key = transcript.utterance_id
         worker = self.workers.get(identity)
         if worker is not None:
@@ -158,15 +199,46 @@ class AsrDispatcher:
         if owner is not None and owner != identity and owner in self.workers:
             self.workers[owner].in_flight.pop(key, None)
         if key in self._queued:  # re-queued meanwhile: it is done now, do not run it again
-            self._queued.discard(key)
-            self._queued_at.pop(key, None)
+            self._unqueue(key)
             self.pending = deque(u for u in self.pending if u.utterance_id != key)
+        self._remember_done(key)
+        self.stats.published += 1
+        self._published_at.append((now, latency_ms))
+        if published_at:
+            transcript = msgspec.structs.replace(transcript, published_at=published_at)
+        self._answered(transcript)
+        return transcript
+
+    def _remember_done(self, key: str) -> None:
         self._done[key] = None
         if len(self._done) > DONE_MEMORY:
             self._done.popitem(last=False)
-        self.stats.published += 1
-        self._published_at.append((now, latency_ms))
-        return transcript
+
+    def _answered(self, transcript: Transcript) -> None:
+        """An utterance's one transcript is published: count it; a call's, unless it is an
+        error, also gives its eos -> transcript latency (as `rtcore launch` reports it: HTTP
+        requests' and failures' are not the callers' latency)."""
+        telemetry.ASR_UTTERANCES.labels(result=transcript_result(transcript)).inc()
+        if (transcript.published_at and transcript.eos_at and not transcript.error
+                and transcript.call_id != HTTP_CALL_ID):
+            telemetry.EOS_TO_TRANSCRIPT.observe(transcript.published_at - transcript.eos_at)
+
+    def _enqueue(self, utterance: UtteranceReady, at: float, front: bool = False) -> None:
+        if front:
+            self.pending.appendleft(utterance)
+        else:
+            self.pending.append(utterance)
+        window = self.policy.window_for((utterance.end_sample - utterance.start_sample) / SAMPLE_RATE)
+        self._queued[utterance.utterance_id] = window
+        self._queued_at[utterance.utterance_id] = at
+        self._depth[window] += 1
+
+    def _unqueue(self, key: str) -> None:
+        """Forget that `key` is queued (the caller takes it out of `pending`)."""
+        window = self._queued.pop(key, None)
+        if window is not None:
+            self._depth[window] -= 1
+        self._queued_at.pop(key, None)
 
     def _recent(self, now: float) -> deque[tuple[float, float | None]]:
         while self._published_at and self._published_at[0][0] < now - THROUGHPUT_WINDOW_S:
@@ -208,9 +280,7 @@ class AsrDispatcher:
         for utterance in sorted(known, key=lambda u: u.eos_at, reverse=True):
             if self._owner.get(utterance.utterance_id) == worker.identity:
                 del self._owner[utterance.utterance_id]
-                self.pending.appendleft(utterance)
-                self._queued.add(utterance.utterance_id)
-                self._queued_at[utterance.utterance_id] = time.monotonic()
+                self._enqueue(utterance, time.monotonic(), front=True)
                 self.stats.requeued += 1
         for key, held in worker.in_flight.items():
             # Adopted from the worker's list, its submitter's copy not here yet: that copy is
@@ -218,6 +288,24 @@ class AsrDispatcher:
             if held is None and self._owner.get(key) == worker.identity:
                 del self._owner[key]
         worker.in_flight.clear()
+
+    def status(self, now: float, pid: int, started_at: float) -> AsrStatus:
+        """The AsrStatus to publish: who this dispatcher is (pid, wall-clock start) and how
+        loaded. Its figures are also set on the Prometheus gauges, so that a Grafana panel shows
+        what admission control reads."""
+        workers = self.workers.values()
+        in_flight = sum(len(w.in_flight) for w in workers)
+        capacity = sum(w.capacity for w in workers)
+        expected_wait_ms = self.expected_wait_ms(now)
+        telemetry.ASR_IN_FLIGHT.set(in_flight)
+        telemetry.ASR_CAPACITY.set(capacity)
+        telemetry.ASR_EXPECTED_WAIT.set(expected_wait_ms / 1000)
+        for window, queued in self._depth.items():  # every bucket: an empty one is a series at 0
+            telemetry.ASR_QUEUE_DEPTH.labels(window=window_label(window)).set(queued)
+        return AsrStatus(pid=pid, started_at=started_at, pending=len(self.pending), in_flight=in_flight,
+                         workers=len(workers), capacity=capacity, throughput=self.throughput(now),
+                         expected_wait_ms=expected_wait_ms, queue_limit=self.queue_limit,
+                         refused_full=self.stats.refused_full)
 
     def metrics(self) -> dict[str, float]:
         s = self.stats

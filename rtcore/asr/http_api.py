@@ -9,9 +9,9 @@ Endpoints (every error is JSON `{"error": "..."}` with a 4xx/5xx status; the ser
   (rtcore.observe.health) every process, ARI, Redis, the call slots and `reasons`; 503 when not serving.
 - `GET /ready` -> the same, 503 while a new call could not be taken (no slot, draining, ASR behind).
 
-Access: with `http_token` set, every request must carry it (`Authorization: Bearer <token>`, or as
-the basic-auth password, which browsers then send with the live view's event stream too); 401
-otherwise. A token is required when `http_host` is beyond loopback (Settings refuses to start
+Access: with `http_token` set, every request must carry it (`Authorization: Bearer <token>`, as the
+basic-auth password, or `?token=` for a browser: the live view passes its query on to its event
+stream); 401 otherwise. A token is required when `http_host` is beyond loopback (Settings refuses to start
 without): what callers said goes through this service. Every answer is counted in
 rtcore_http_requests_total{endpoint,status} and timed in rtcore_http_request_duration_seconds,
 the endpoint being the route's path (never the request's own path: a bounded label set).
@@ -263,7 +263,8 @@ class HttpApi:
         return _json_response({"error": message}, status=status)
 
     def _authorized(self, request: web.Request) -> bool:
-        given = bearer_or_basic_token(request.headers.get("Authorization", ""))
+        # `?token=`: a browser's EventSource (the live view's stream) cannot send a header.
+        given = bearer_or_basic_token(request.headers.get("Authorization", "")) or request.query.get("token", "")
         return hmac.compare_digest(given.encode(), self._token)
 
     # --- handlers ------------------------------------------------------------------------------

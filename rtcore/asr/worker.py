@@ -2,8 +2,9 @@
 
 The worker reads each utterance's audio from the call's ring by absolute sample range (an
 overrun or a slot already reused yields an error transcript for that utterance, not a crash),
-queues it in the batcher, and runs a batch when one is due. procs/asr_worker.py wires it to the
-dispatcher's socket.
+queues it in the batcher, and runs a batch when one is due. Each batch run updates the workers'
+Prometheus families (rtcore.runtime.telemetry): its size, window and run time, and what each of
+its utterances waited here. procs/asr_worker.py wires it to the dispatcher's socket.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rtcore.asr.batcher import AsrBatcher, AsrRequest, BatchPolicy
+from rtcore.asr.batcher import AsrBatcher, AsrRequest, BatchPolicy, window_label
 from rtcore.asr.whisper import WhisperEngine, WhisperResult
+from rtcore.runtime import telemetry
 from rtcore.runtime.audio import pcm16_to_float
 from rtcore.runtime.messages import Transcript, UtteranceReady
 from rtcore.runtime.ring import AudioRings, RingError, SlotLease
@@ -42,6 +44,8 @@ class AsrWorker:
         self.errors = 0
         self.flagged = 0
         self.running: list[str] = []  # the utterance ids of the batch being run
+        for window in policy.buckets:  # every window's series, at 0 until its first batch
+            telemetry.ASR_BATCHES.labels(window=window_label(window))
 
     def holding(self) -> tuple[str, ...]:
         """Every utterance id this worker has (queued or running): told to the dispatcher with each
@@ -90,6 +94,11 @@ class AsrWorker:
         finally:
             self.running = []
         self.batches += 1
+        telemetry.ASR_BATCHES.labels(window=window_label(batch[0].window_s)).inc()
+        telemetry.ASR_BATCH_SIZE.observe(len(batch))
+        telemetry.ASR_INFERENCE.observe(timing.features_s + timing.inference_s)
+        for request in batch:
+            telemetry.ASR_QUEUE_WAIT.observe(started - request.enqueued_at)
         if timing.inference_s > SLOW_BATCH_S:
             reasons = [r.reason for r in results if r.reason]
             log.warning("slow batch: %d utterances (%.1f s of audio at most) in a %g s window took %.2f s%s",

@@ -18,7 +18,10 @@ counted as invalid and dropped. A datagram from a source no call has announced i
 else dropped and counted as unknown_source; held memory is bounded by source and packet counts.
 
 The capture runs in one asyncio loop: `datagram_received` per packet, `tick(now)` every 20 ms for
-the reorder deadlines and the expiry of unknown sources, `stats()` for the Metrics message.
+the reorder deadlines and the expiry of unknown sources, `stats()` for the Metrics message. The
+Prometheus families (rtcore.runtime.telemetry, RTP capture) follow the same counters: once a second
+the tick adds to each what it gained since (`export_metrics`), never an increment per packet, and
+samples each receiving call's interarrival jitter.
 
 A restarted capture (kill -9, then the supervisor) carries on in the same slots: every tick
 bookmarks each call's RTP position against its ring cursor (`AudioRings.set_rtp_mark`), and a call
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -44,8 +48,9 @@ import numpy as np
 import numpy.typing as npt
 
 from rtcore.media.jitterbuffer import Item, JitterBuffer, StreamStats
-from rtcore.media.rtp import unpack_slin16
+from rtcore.media.rtp import PayloadTypeError, unpack_slin16
 from rtcore.media.seqnum import uint16_diff, uint32_diff
+from rtcore.runtime import telemetry
 from rtcore.runtime.config import Settings
 from rtcore.runtime.ring import AudioRings, RingError, SlotLease
 
@@ -55,6 +60,7 @@ BIG_ENDIAN_INT16 = np.dtype(">i2")
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
 MAX_RESUME_GAP_S = 60.0  # a longer gap after a restart is not filled: the stream starts afresh
 BOOKMARK_EVERY_TICKS = 5  # 100 ms at the 20 ms tick
+EXPORT_EVERY_S = 1.0  # Prometheus counters and jitter samples
 _IPV4_MAPPED_PREFIX = "::ffff:"
 
 Samples = npt.NDArray[np.int16]
@@ -88,7 +94,7 @@ def parse_source(text: str) -> Source:
 
 
 class _Call:
-    __slots__ = ("addresses", "call_id", "jitter", "lease", "resume", "source")
+    __slots__ = ("addresses", "call_id", "jitter", "jitter_sampled", "lease", "resume", "source")
 
     def __init__(self, call_id: str, lease: SlotLease, source: Source | None, jitter: JitterBuffer[Samples]) -> None:
         self.call_id = call_id
@@ -99,6 +105,7 @@ class _Call:
         # A predecessor's RTP bookmark (ssrc, next seq, next timestamp, ring cursor), until the
         # first packet has been placed by it.
         self.resume: tuple[int, int, int, int] | None = None
+        self.jitter_sampled = 0  # packets received when its jitter was last sampled
 
 
 class _EarlySource:
@@ -128,6 +135,7 @@ class RtpCapture(asyncio.DatagramProtocol):
         # Process-wide counters (since start).
         self.datagrams = 0
         self.invalid = 0
+        self.invalid_payload_type = 0  # of `invalid`: well-formed RTP of another payload type
         self.unknown_source = 0
         self.early_replayed = 0
         self.stale_slot = 0
@@ -137,6 +145,8 @@ class RtpCapture(asyncio.DatagramProtocol):
         self.resume_gaps = 0  # restart gaps filled with silence
         self.last_error = ""
         self._ended = StreamStats(clock_rate=self.options.clock_rate)  # sums over ended calls
+        self._exported: dict[str, int] = {}  # counter -> what export_metrics has added to it so far
+        self._export_due = -math.inf
 
     # --- asyncio.DatagramProtocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -246,16 +256,49 @@ class RtpCapture(asyncio.DatagramProtocol):
                     self.unknown_source += len(early.packets)
                     log.warning("dropped %d RTP packets from %s:%d: no call announced this source",
                                 len(early.packets), source[0], source[1])
+        if now >= self._export_due:
+            self._export_due = now + EXPORT_EVERY_S
+            self.export_metrics()
 
-    def stats(self) -> dict[str, float]:
-        """Counters for the Metrics message: process totals, then per active call keyed by slot
-        (bounded key set: at most max_calls slots, however many calls come and go)."""
+    def export_metrics(self) -> None:
+        """Bring the Prometheus families up to date: each counter gets what the capture's own
+        counter gained since the last export, and each call that received packets since then
+        has its RFC 3550 interarrival jitter observed (in seconds)."""
+        totals = self._totals()
+        current = {
+            "received": totals.received, "lost": totals.lost, "late": totals.late,
+            "duplicate": totals.duplicate, "stray": totals.stray,
+            "malformed": self.invalid - self.invalid_payload_type, "payload_type": self.invalid_payload_type,
+            "unknown_source": self.unknown_source,
+        }
+        exported = self._exported
+        for name, value in current.items():
+            gained = value - exported.get(name, 0)
+            if gained > 0:
+                _COUNTERS[name].inc(gained)
+                exported[name] = value
+        for call in self._calls.values():
+            stats = call.jitter.stats
+            # One packet gives no estimate yet, and a call gone quiet has no current jitter.
+            if stats.received > max(call.jitter_sampled, 1):
+                call.jitter_sampled = stats.received
+                telemetry.RTP_JITTER.observe(stats.jitter / stats.clock_rate)
+
+    def _totals(self) -> StreamStats:
+        """The stream counters summed over every call since start (ended and active)."""
         totals = StreamStats()
         calls = list(self._calls.values())
         for f in fields(StreamStats):
             if f.name not in ("jitter", "clock_rate"):
                 setattr(totals, f.name, getattr(self._ended, f.name)
                         + sum(getattr(c.jitter.stats, f.name) for c in calls))
+        return totals
+
+    def stats(self) -> dict[str, float]:
+        """Counters for the Metrics message: process totals, then per active call keyed by slot
+        (bounded key set: at most max_calls slots, however many calls come and go)."""
+        totals = self._totals()
+        calls = list(self._calls.values())
         values: dict[str, float] = {
             "datagrams": self.datagrams,
             "invalid": self.invalid,
@@ -303,6 +346,8 @@ class RtpCapture(asyncio.DatagramProtocol):
             seq, timestamp, ssrc, start, end = unpack_slin16(data, self._payload_type)
         except ValueError as exc:
             self.invalid += 1
+            if isinstance(exc, PayloadTypeError):
+                self.invalid_payload_type += 1
             call.jitter.stats.invalid += 1
             self.last_error = exc.args[0]
             if call.jitter.stats.invalid == 1:
@@ -400,6 +445,17 @@ class RtpCapture(asyncio.DatagramProtocol):
                 if self._calls.get(call.call_id) is not call:
                     break  # dropped meanwhile (its slot was freed)
                 self._receive(call, data, arrival)
+
+
+# What export_metrics adds to, by the name of the capture's counter.
+_COUNTERS = {
+    "received": telemetry.RTP_RECEIVED, "lost": telemetry.RTP_LOST, "late": telemetry.RTP_LATE,
+    "duplicate": telemetry.RTP_DISCARDED.labels(reason="duplicate"),
+    "stray": telemetry.RTP_DISCARDED.labels(reason="stray"),
+    "malformed": telemetry.RTP_INVALID.labels(reason="malformed"),
+    "payload_type": telemetry.RTP_INVALID.labels(reason="payload_type"),
+    "unknown_source": telemetry.RTP_INVALID.labels(reason="unknown_source"),
+}
 
 
 def _normalise(addr: Any) -> Source:

@@ -4,7 +4,9 @@ Asterisk's externalMedia sends slin16 as payload type 118 (configurable: `rtp_pa
 640-byte payload (320 big-endian int16 samples, 20 ms) per packet, with the plain 12-byte header: no
 CSRC, no extension, no padding. `parse` nevertheless accepts every well-formed RTP packet, so that a
 sender that adds a header extension or padding still gets through, and rejects a malformed one with
-a ValueError that says what is wrong.
+a ValueError that says what is wrong. RTP of another payload type raises PayloadTypeError, a
+ValueError the capture counts apart: a sender's DTMF events or comfort noise, or a wrong
+`rtp_payload_type`, rather than garbage.
 
 `unpack_slin16` is the capture's entry point: it takes the plain-header case without building a
 packet object (it runs 50 000 times a second at 1000 calls) and falls back to `parse` otherwise.
@@ -139,10 +141,15 @@ class RtpPacket:
         return b"".join(parts)
 
 
+class PayloadTypeError(ValueError):
+    """A well-formed RTP packet of another payload type than our stream's."""
+
+
 def check_slin16(packet: RtpPacket, payload_type: int) -> None:
-    """Raise ValueError unless the packet carries slin16 samples as our stream does."""
+    """Raise ValueError unless the packet carries slin16 samples as our stream does
+    (PayloadTypeError for another payload type)."""
     if packet.payload_type != payload_type:
-        raise ValueError(f"RTP packet has payload type {packet.payload_type}, expected {payload_type}")
+        raise PayloadTypeError(f"RTP packet has payload type {packet.payload_type}, expected {payload_type}")
     length = len(packet.payload)
     if length == 0:
         raise ValueError("RTP packet has an empty payload")

@@ -14,7 +14,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from rtcore import __version__
+import rtcore
 from rtcore.runtime import telemetry
 from rtcore.runtime.models import whisper_model_name
 from rtcore.runtime.supervisor import Supervisor
@@ -55,7 +55,7 @@ class SupervisorCollector(Collector):
         s = self._sup.settings
         info = GaugeMetricFamily("rtcore_build_info", "rtcore's version and ASR model (always 1)",
                                  labels=["version", "asr_model", "asr_device", "asr_compute_type"])
-        info.add_metric([__version__, whisper_model_name(s), s.asr_device, s.asr_compute_type], 1.0)
+        info.add_metric([rtcore.__version__, whisper_model_name(s), s.asr_device, s.asr_compute_type], 1.0)
         yield from (up, restarts, age, cpu, rss, slots, in_use, info)
 
 

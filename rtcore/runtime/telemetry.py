@@ -57,7 +57,7 @@ CALLS_STARTED = Counter("rtcore_calls_started_total", "Calls answered")
 CALLS_ENDED = Counter("rtcore_calls_ended_total", "Calls ended, by outcome (qualified, not_eligible, refused, "
                       "abandoned, error, rejected)", ["outcome"])
 CALLS_REFUSED = Counter("rtcore_calls_refused_total", "New callers refused before they were answered, by reason "
-                        "(draining, asr_backlog, no_slot)", ["reason"])
+                        "(draining, slots, asr_wait)", ["reason"])
 CHANNELS_ACTIVE = Gauge("rtcore_channels_active", "ARI channels rtcore holds, by type (caller, snoop, media)",
                         ["type"], multiprocess_mode="livesum")
 CALL_DURATION = Histogram("rtcore_call_duration_seconds", "Call duration, answer to hang-up",
@@ -79,6 +79,8 @@ REDIS_SPOOL_DEPTH = Gauge("rtcore_redis_spool_depth", "Call-state and lead write
                           "to disk while it is down)", multiprocess_mode="livesum")
 
 # --- ASR (dispatcher, workers) ------------------------------------------------------------------
+# `window`: an encoder window bucket of the batch policy (rtcore.asr.batcher.window_label: "6",
+# "8", ... "30"), a dozen values at most.
 ASR_QUEUE_WAIT = Histogram("rtcore_asr_queue_wait_seconds", "Time an utterance waited at its ASR worker before "
                            "its batch ran", buckets=QUEUE_WAIT_BUCKETS)
 ASR_INFERENCE = Histogram("rtcore_asr_inference_seconds", "One ASR batch: features and Whisper decoding",
@@ -93,8 +95,9 @@ ASR_CAPACITY = Gauge("rtcore_asr_capacity", "Utterances the ASR workers can hold
                      multiprocess_mode="livesum")
 ASR_EXPECTED_WAIT = Gauge("rtcore_asr_expected_wait_seconds", "Recent p90 wait of an utterance before its batch "
                           "ran (what admission control compares to the target)", multiprocess_mode="livemax")
-ASR_UTTERANCES = Counter("rtcore_asr_utterances_total", "Utterances the ASR answered, by result (text, "
-                         "no_speech, hallucination, error)", ["result"])
+ASR_UTTERANCES = Counter("rtcore_asr_utterances_total", "Utterances the ASR answered (one transcript each, calls' "
+                         "and the HTTP API's), by result: text, no_speech (Whisper heard nothing), hallucination "
+                         "(other flagged output), error (unreadable audio, queue full)", ["result"])
 ASR_REFUSED = Counter("rtcore_asr_refused_total", "Utterances refused because the ASR queue was at its limit")
 
 # --- VAD ------------------------------------------------------------------------------------
@@ -102,17 +105,22 @@ VAD_TICK = Histogram("rtcore_vad_tick_seconds", "One VAD tick: Silero over every
                      buckets=VAD_TICK_BUCKETS)
 VAD_STREAMS = Gauge("rtcore_vad_streams", "Calls the VAD is listening to", multiprocess_mode="livesum")
 VAD_UTTERANCES = Counter("rtcore_vad_utterances_total", "Utterances cut by the VAD")
-VAD_OVERRUNS = Counter("rtcore_vad_tick_overruns_total", "VAD ticks that took longer than their period")
+VAD_OVERRUNS = Counter("rtcore_vad_tick_overruns_total", "VAD ticks that took longer than their period (32 ms)")
 
 # --- RTP capture --------------------------------------------------------------------------------
-RTP_RECEIVED = Counter("rtcore_rtp_packets_received_total", "RTP packets received for known calls")
+# The capture adds what its own counters gained once a second (not one inc per packet).
+RTP_RECEIVED = Counter("rtcore_rtp_packets_received_total", "Valid RTP packets received for known calls (late, "
+                       "duplicate and stray ones included)")
 RTP_LOST = Counter("rtcore_rtp_packets_lost_total", "RTP packets never received (sequence gaps, filled with "
                    "silence)")
 RTP_LATE = Counter("rtcore_rtp_packets_late_total", "RTP packets that arrived after their slot was played out")
-RTP_INVALID = Counter("rtcore_rtp_packets_invalid_total", "Datagrams refused (not RTP, wrong payload type, "
-                      "unknown source...)", ["reason"])
-RTP_JITTER = Histogram("rtcore_rtp_jitter_seconds", "Interarrival jitter (RFC 3550) of each call, sampled every "
-                       "second", buckets=JITTER_BUCKETS)
+RTP_DISCARDED = Counter("rtcore_rtp_packets_discarded_total", "Valid RTP packets of known calls dropped, by reason "
+                        "(duplicate; stray: a sequence number too far off to place)", ["reason"])
+RTP_INVALID = Counter("rtcore_rtp_packets_invalid_total", "Datagrams refused, by reason (malformed: not RTP, or "
+                      "not slin16; payload_type: another payload type; unknown_source: from no announced call)",
+                      ["reason"])
+RTP_JITTER = Histogram("rtcore_rtp_jitter_seconds", "Interarrival jitter (RFC 3550) of each call receiving RTP, "
+                       "sampled every second", buckets=JITTER_BUCKETS)
 
 # --- HTTP service ---------------------------------------------------------------------------
 HTTP_REQUESTS = Counter("rtcore_http_requests_total", "HTTP requests answered, by endpoint and status",

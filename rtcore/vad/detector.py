@@ -9,6 +9,9 @@ Nothing a caller says is lost to an ending or a restart:
   (`AudioRings.set_vad_resume`); a restarted VAD that learns a call in progress (the dialog
   announces them again) resumes from that bookmark, so the speech in progress when its
   predecessor died is cut whole, under the same utterance id if the old one had cut it already.
+
+Each tick updates the VAD's Prometheus families (rtcore.runtime.telemetry): its duration, and an
+overrun when it took longer than its period; the calls followed; each utterance cut.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rtcore.runtime import telemetry
 from rtcore.runtime.audio import pcm16_to_float
 from rtcore.runtime.messages import (
     AnyMessage,
@@ -40,6 +44,7 @@ log = logging.getLogger(__name__)
 # Chunks one call may consume per tick: normally 1 or 2 (20 ms packets, 32 ms chunks); more only
 # while catching up, bounded so that one call far behind cannot starve the tick.
 MAX_ROUNDS_PER_TICK = 8
+TICK_S = CHUNK / 16000  # a tick per Silero chunk of 16 kHz audio: 32 ms
 
 
 @dataclass
@@ -65,7 +70,8 @@ class DetectorStats:
     stalled_flushes: int = 0
     last_words: int = 0  # utterances cut at a call's end (the caller hung up while speaking)
     resumed_calls: int = 0  # calls picked up from a predecessor's bookmark
-    overruns: int = 0
+    overruns: int = 0  # the VAD fell a whole ring behind a call
+    tick_overruns: int = 0  # ticks longer than their period
     dropped_clicks: int = 0
     busy_s: float = 0.0
     max_batch: int = 0
@@ -74,11 +80,12 @@ class DetectorStats:
 class UtteranceDetector:
     def __init__(self, rings: AudioRings, vad: BatchedVad, options: SegmenterOptions,
                  stall_timeout_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, period_s: float = TICK_S) -> None:
         self.rings = rings
         self.vad = vad
         self.options = options
         self.stall_timeout_s = stall_timeout_s
+        self.period_s = period_s  # how often tick() is called: a longer tick is an overrun
         self.calls: dict[str, CallStream] = {}
         self.contexts: dict[str, str] = {}  # call id -> what its caller is expected to say (CallContext)
         self.stats = DetectorStats()
@@ -178,8 +185,14 @@ class UtteranceDetector:
         calls = list(self.calls.values())
         self.rings.set_vad_resumes([c.lease for c in calls], [c.segmenter.pending_start if c.segmenter.in_speech
                                                              else c.next_sample for c in calls])
+        busy_s = time.perf_counter() - t0
         self.stats.ticks += 1
-        self.stats.busy_s += time.perf_counter() - t0
+        self.stats.busy_s += busy_s
+        telemetry.VAD_TICK.observe(busy_s)
+        telemetry.VAD_STREAMS.set(len(self.calls))
+        if busy_s > self.period_s:
+            self.stats.tick_overruns += 1
+            telemetry.VAD_OVERRUNS.inc()
         return out
 
     def _run_round(self, calls: list[CallStream], out: list[Message]) -> None:
@@ -225,6 +238,7 @@ class UtteranceDetector:
             else:
                 call.utterances += 1
                 self.stats.utterances += 1
+                telemetry.VAD_UTTERANCES.inc()
                 # Named by where it starts in the call: unique, and the same if a restarted VAD
                 # ever cut it again, so the dispatcher's de-duplication holds.
                 out.append(UtteranceReady(
@@ -240,6 +254,6 @@ class UtteranceDetector:
             "max_batch": float(s.max_batch), "utterances": float(s.utterances),
             "speech_starts": float(s.speech_starts), "stalled_flushes": float(s.stalled_flushes),
             "last_words": float(s.last_words), "resumed_calls": float(s.resumed_calls),
-            "overruns": float(s.overruns), "busy_s": s.busy_s,
+            "overruns": float(s.overruns), "tick_overruns": float(s.tick_overruns), "busy_s": s.busy_s,
             "dropped_clicks": float(s.dropped_clicks + sum(c.segmenter.dropped for c in self.calls.values())),
         }
