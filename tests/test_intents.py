@@ -575,3 +575,30 @@ async def test_cli_remote(intent_api: tuple[str, dict[str, Handler], asyncio.Eve
                                               "--intent-faq-url", f"{url}/faq", "--state", "init", "un robot ?"])
     assert code == 0
     assert json.loads(capsys.readouterr().out) == {"intent": "faq5", "score": 0.75, "slots": {}}
+
+
+async def test_intent_api_results_are_counted_for_prometheus(
+        intent_api: tuple[str, dict[str, Handler], asyncio.Event]) -> None:
+    from prometheus_client import REGISTRY
+
+    from rtcore.dialog.turns import CountedIntentApi
+
+    url, handlers, _ = intent_api
+
+    def counted(result: str) -> float:
+        value = REGISTRY.get_sample_value("rtcore_intent_api_requests_total", {"result": result})
+        assert value is not None, f"no series for {result}"  # every series exists from the start
+        return value
+
+    async def broken(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"detail": "boom"}, status=500)
+
+    async with HttpIntentClient(HttpIntentOptions(f"{url}/main", "", 2.0)) as client:
+        counting = CountedIntentApi(client)
+        before = {r: counted(r) for r in ("ok", API_REQUEST_ERROR, REQUEST_TIMEOUT_ERROR)}
+        handlers["main"] = answering({"intent": "ok_proprio", "score": 0.9})
+        assert (await counting.classify("oui", "ask_owner_house")).intent == "ok_proprio"
+        handlers["main"] = broken
+        assert (await counting.classify("oui")).error == API_REQUEST_ERROR
+    assert counted("ok") - before["ok"] == 1 and counted(API_REQUEST_ERROR) - before[API_REQUEST_ERROR] == 1
+    assert counted(REQUEST_TIMEOUT_ERROR) == before[REQUEST_TIMEOUT_ERROR]

@@ -133,13 +133,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     except SupervisorError as exc:
         log.error("%s", exc)
         return 1
+    stop_metrics = None
     try:
+        if settings.metrics_port:
+            from rtcore.runtime.metrics import serve_metrics
+
+            _, stop_metrics = serve_metrics(supervisor, settings.metrics_host, settings.metrics_port)
+            log.info("Prometheus metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
         # The API reports its bound port before it reports ready (http_port 0: any free port).
         port = int(supervisor.children["http_api"].metrics.get("listening_port", settings.http_port))
         print(f"Whisper HTTP API on {listening_url(settings.http_host, port)} (Ctrl-C stops)", flush=True)
         deadline = time.monotonic() + args.duration if args.duration else float("inf")
         supervisor.run(lambda: bool(stop_requested) or time.monotonic() >= deadline)
     finally:
+        if stop_metrics is not None:
+            stop_metrics()
         supervisor.stop()
         log.info("stopped")
     return 0

@@ -48,7 +48,11 @@ class CountedIntentApi:
     code (rtcore_intent_api_requests_total)."""
 
     def __init__(self, source: IntentSource) -> None:
+        from rtcore.intents.base import ERROR_CODES
+
         self._source = source
+        for result in ("ok", *ERROR_CODES):  # every series from the start: a Grafana rate() needs its zero
+            telemetry.INTENT_API_REQUESTS.labels(result=result)
 
     async def classify(self, text: str, state: str | None = None) -> Any:
         result = await self._source.classify(text, state)

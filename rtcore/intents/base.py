@@ -25,6 +25,7 @@ REQUEST_TIMEOUT_ERROR: Final = "request_timeout_error"
 API_REQUEST_ERROR: Final = "api_request_error"
 JSON_DECODE_ERROR: Final = "json_decode_error"
 UNKNOWN_ERROR: Final = "unknown_error"
+ERROR_CODES: Final = (REQUEST_TIMEOUT_ERROR, API_REQUEST_ERROR, JSON_DECODE_ERROR, UNKNOWN_ERROR)
 
 
 @dataclass(slots=True)
