@@ -52,10 +52,20 @@ async def rig(short_dir: Path) -> AsyncIterator[Rig]:
 
 
 async def test_a_caller_beyond_max_calls_is_handed_back_to_the_dialplan_unanswered(short_dir: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    def refused_for_slots() -> float:
+        return REGISTRY.get_sample_value("rtcore_calls_refused_total", {"reason": "slots"}) or 0.0
+
+    def rejected() -> float:
+        return REGISTRY.get_sample_value("rtcore_calls_ended_total", {"outcome": "rejected"}) or 0.0
+
     async with Rig(short_dir, slots=1, no_input_s=30.0) as rig:
+        before = (refused_for_slots(), rejected())
         taken = await rig.call("0611111111")
         extra = await rig.sim.place_call(caller_number="0655443322")
         await handed_back(rig, extra)
+        assert (refused_for_slots() - before[0], rejected() - before[1]) == (1.0, 1.0)
         lead = await rig.lead(extra)
         assert (lead.outcome, lead.end_reason, lead.caller, lead.turns) == ("rejected", "no free call slot",
                                                                             "0655443322", [])

@@ -71,9 +71,15 @@ class Refusal:
     counter: str  # refused_draining | refused_slots | refused_asr_wait
     reason: str  # the lead's end_reason
 
+    @property
+    def reason_label(self) -> str:
+        """The rtcore_calls_refused_total label: draining, slots or asr_wait."""
+        return self.counter.removeprefix("refused_")
+
 
 DRAINING = Refusal("refused_draining", "draining")
 NO_FREE_SLOT = Refusal("refused_slots", "no free call slot")
+ASR_BEHIND = Refusal("refused_asr_wait", "ASR too far behind")  # its reason says by how much
 
 
 class Admission:
@@ -103,7 +109,7 @@ class Admission:
         fresh = status is not None and self._monotonic() - self._asr_at <= ASR_STATUS_FRESH_S
         if limit > 0 and fresh and status is not None and status.expected_wait_ms > limit:
             wait = status.expected_wait_ms
-            return Refusal("refused_asr_wait", f"ASR expected wait {wait:.0f} ms over {limit:.0f} ms")
+            return Refusal(ASR_BEHIND.counter, f"ASR expected wait {wait:.0f} ms over {limit:.0f} ms")
         return None
 
     def refused(self, refusal: Refusal) -> None:
@@ -145,7 +151,7 @@ async def refuse(ctrl: CallController, channel: dict[str, Any], refusal: Refusal
     caller = str((channel.get("caller") or {}).get("number", ""))
     ctrl.remember_ended(call_id)  # its dialplan h re-entry or a resynchronisation is not a new caller
     admission.refused(refusal)
-    telemetry.CALLS_REFUSED.labels(reason=refusal.counter.removeprefix("refused_")).inc()
+    telemetry.CALLS_REFUSED.labels(reason=refusal.reason_label).inc()
     telemetry.CALLS_ENDED.labels(outcome=REJECTED).inc()
     mode = admission.options.refuse
     log.warning("call %s refused (%s): %s", call_id, mode, refusal.reason)

@@ -27,7 +27,10 @@ from collections.abc import Callable
 from typing import Any
 
 from rtcore.dialog.admission import (
+    ASR_BEHIND,
+    DRAINING,
     NO_FREE_SLOT,
+    REJECTED,
     Admission,
     AdmissionOptions,
     busy_prompt_done,
@@ -39,7 +42,7 @@ from rtcore.dialog.call import Call
 from rtcore.dialog.engine import DialogEngine
 from rtcore.dialog.joining import TurnJoiner
 from rtcore.dialog.leads import Lead, LeadStore, Turn
-from rtcore.dialog.script import DialogScript
+from rtcore.dialog.script import OUTCOMES, DialogScript
 from rtcore.dialog.setup import (
     BRIDGE,
     HELPER_CHANNEL_TYPES,
@@ -115,6 +118,11 @@ class CallController(TurnTaking):
         self.failed = 0
         self.counters: Counter[str] = Counter()  # playback_failures, calls_resumed, setup_retries, ...
         self.admission = Admission(admission or AdmissionOptions())
+        # Every outcome's and refusal's series from the start (at 0): a rate() in Grafana needs them.
+        for outcome in (*OUTCOMES, REJECTED):
+            telemetry.CALLS_ENDED.labels(outcome=outcome)
+        for refusal in (DRAINING, NO_FREE_SLOT, ASR_BEHIND):
+            telemetry.CALLS_REFUSED.labels(reason=refusal.reason_label)
 
     # --- event intake -------------------------------------------------------------------------
     async def run(self) -> None:
