@@ -48,6 +48,15 @@ async def serve(ctx: ProcessContext) -> None:
     try:
         feed.start()
         await transcriber.start(timeout_s=s.start_timeout_s)
+        # Ready only once /health can judge the run: the feed's own subscription has heard the
+        # supervisor (RunStatus every second, also while it starts us) and the ASR dispatcher
+        # (it joined the bus apart from the transcriber's, maybe after its last AsrStatus).
+        deadline = time.monotonic() + s.start_timeout_s
+        while observed.asr_status is None or observed.run_status is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no RunStatus and AsrStatus on the bus within {s.start_timeout_s:g} s")
+            feed.drain()
+            await asyncio.sleep(0.02)
         app = create_app(transcriber, s, run_health=checks)
         add_live_view(app, observed)
         # In-flight requests get part of the stop time to finish; the ASR stops after us.

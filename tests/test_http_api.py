@@ -326,10 +326,19 @@ def test_serve_command_prints_its_url_and_stops_on_ctrl_c(make_settings: Callabl
         url = line.split()[4]
 
         async def health() -> dict[str, Any]:
-            async with aiohttp.ClientSession() as session, session.get(f"{url}/health") as response:
-                return dict(await response.json())
+            # The run's status reaches the API over the bus as the start ends: polled, briefly.
+            deadline = time.monotonic() + 10
+            async with aiohttp.ClientSession() as session:
+                while True:
+                    async with session.get(f"{url}/health") as response:
+                        body = dict(await response.json())
+                    if body["status"] == "ok" or time.monotonic() > deadline:
+                        return body
+                    await asyncio.sleep(0.1)
 
-        assert asyncio.run(health())["status"] == "ok"
+        body = asyncio.run(health())
+        assert body["status"] == "ok", body
+        assert {"asr_dispatch", "asr-0", "http_api"} <= set(body["processes"])
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
         log = proc.stderr.read()

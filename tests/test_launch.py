@@ -80,7 +80,11 @@ def test_launch_two_calls_four_total_completes_with_leads_and_a_consistent_repor
 
 def assert_no_personal_data_in(log: str, leads: list[Lead]) -> None:
     """The run's INFO log (every process's) names calls by id, never by what their callers said,
-    their number or their zip code."""
+    their number or their zip code. The simulator's own lines (the embedded PBX, the calibration
+    of its callers' phrasebook) are left out: they are about its script, and a real Asterisk has
+    no such lines."""
+    log = "\n".join(line for line in log.splitlines()
+                    if not re.search(r" pbx_sim\[\d+\] | rtcore\.sim\.", line))
     assert "INFO" in log and "call " in log
     said = [turn.transcript for lead in leads for turn in lead.turns if len(turn.transcript.strip()) >= 6]
     assert said, "the callers said nothing"

@@ -228,6 +228,7 @@ class Supervisor:
                     f"{child.spec.name} did not report ready within {self.settings.start_timeout_s:.0f} s"
                 )
             failure = self._handle_control(min(remaining, 0.2))
+            self._publish_status_if_due(time.monotonic())  # a child may wait for it (the HTTP API's /health)
             if failure and failure.process == child.spec.name:
                 raise SupervisorError(f"{child.spec.name} failed to start: {failure.error}")
             assert child.proc is not None
@@ -282,6 +283,9 @@ class Supervisor:
                 log.warning("%s (pid %d): no heartbeat for %.1f s", child.spec.name, child.pid, silent)
                 child.warned = True
 
+        self._publish_status_if_due(now)
+
+    def _publish_status_if_due(self, now: float) -> None:
         if now >= self._next_status:
             self._next_status = now + STATUS_EVERY_S
             self.publish(self.status())
@@ -361,6 +365,7 @@ class Supervisor:
                     log.info("%s ready (pid %d)", child.spec.name, child.pid)
                     # Its peers may have to tell it what it missed (the dialog: the calls in progress).
                     self.publish(ProcessStarted(process=child.spec.name, pid=child.pid, restarts=child.restarts))
+                    self.publish(self.status())  # /health sees it up now, not at the next second
             elif isinstance(message, Metrics):
                 child.metrics.update(message.values)
                 if self.on_metrics:
