@@ -267,7 +267,7 @@ async def test_slow_clients_are_cut_at_their_deadline_while_normal_requests_are_
     assert result["answered"] == {"408": 40}, result  # the slow bodies are told why; slow headers just closed
     assert result["cut_s_min"] >= 0.95 and result["cut_s_max"] < 2.5, result  # 1 s limits, never early
     assert result["probe_ok"] >= 5 and result["probe_failed"] == 0 and result["probe_ms_max"] < 1000, result
-    assert api.counters["connections_timed_out"] >= 40 and api.counters["responses_408"] == 40
+    assert api.counters["connections_timed_out"] >= 40 and api.counters["responses_408"] == 40, api.counters
     await wait_until(lambda: api.open_connections == 0, "no connection left")
 
 

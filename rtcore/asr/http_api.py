@@ -464,7 +464,9 @@ class HttpServer:
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
-        keepalive = self.limits.header_timeout_s  # aiohttp's own idle timer, as ours
+        # aiohttp's own idle timer is only a backstop, a second after ours: with the same deadline
+        # whichever fired first closed the connection, and one cut by aiohttp's went uncounted.
+        keepalive = self.limits.header_timeout_s + 1.0
 
         def connection() -> _Connection:
             return _Connection(self, server, loop=loop, keepalive_timeout=keepalive)
