@@ -1,16 +1,19 @@
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from rtcore.media.capture import CaptureOptions, RtpCapture, bind_rtp_socket
 from rtcore.runtime.config import Settings
+from rtcore.runtime.ring import AudioRings
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -58,3 +61,27 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+StartCapture = Callable[..., Awaitable[tuple[RtpCapture, tuple[str, int]]]]
+
+
+@pytest.fixture
+async def start_capture(rings: AudioRings) -> AsyncIterator[StartCapture]:
+    """Starts RTP captures into the requesting module's `rings` on real UDP sockets of loopback:
+    `await start_capture(clock=None, **CaptureOptions)` -> (capture, its address)."""
+    transports: list[asyncio.BaseTransport] = []
+
+    async def start(clock: Callable[[], float] | None = None, **options: object) -> tuple[RtpCapture, tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        sock = bind_rtp_socket("127.0.0.1", 0, 4 << 20)
+        address = sock.getsockname()
+        capture_options = CaptureOptions(**options)  # type: ignore[arg-type]
+        transport, capture = await loop.create_datagram_endpoint(
+            lambda: RtpCapture(rings, capture_options, **({"clock": clock} if clock else {})), sock=sock)
+        transports.append(transport)
+        return capture, address
+
+    yield start
+    for transport in transports:
+        transport.close()

@@ -7,19 +7,19 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 
-from rtcore.media.capture import CaptureOptions, RtpCapture, bind_rtp_socket, parse_source
+from rtcore.media.capture import parse_source
 from rtcore.media.rtp import RTP_HEADER, unpack_slin16
 from rtcore.runtime.bus import Publisher
 from rtcore.runtime.config import Settings
 from rtcore.runtime.messages import CallEnded, CallStarted, Metrics, decode, encode
 from rtcore.runtime.ring import AudioRings, RingSpec, SlotLease
 from rtcore.runtime.supervisor import ProcessSpec, Supervisor
-from tests.conftest import REPO
+from tests.conftest import REPO, StartCapture
 
 SSRC = 0x21398419
 PT = 118
@@ -86,26 +86,7 @@ def rings() -> Iterator[AudioRings]:
     r.unlink()
 
 
-StartCapture = Callable[..., Awaitable[tuple[RtpCapture, tuple[str, int]]]]
 MakeSender = Callable[[tuple[str, int]], Sender]
-
-
-@pytest.fixture
-async def start_capture(rings: AudioRings) -> AsyncIterator[StartCapture]:
-    transports: list[asyncio.BaseTransport] = []
-
-    async def start(**options: object) -> tuple[RtpCapture, tuple[str, int]]:
-        loop = asyncio.get_running_loop()
-        sock = bind_rtp_socket("127.0.0.1", 0, 4 << 20)
-        address = sock.getsockname()
-        transport, capture = await loop.create_datagram_endpoint(
-            lambda: RtpCapture(rings, CaptureOptions(**options)), sock=sock)  # type: ignore[arg-type]
-        transports.append(transport)
-        return capture, address
-
-    yield start
-    for transport in transports:
-        transport.close()
 
 
 @pytest.fixture

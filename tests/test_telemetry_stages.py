@@ -7,11 +7,10 @@ the samples before and after.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,20 +18,18 @@ from prometheus_client import REGISTRY
 
 from rtcore.asr.batcher import BatchPolicy
 from rtcore.asr.dispatch import QUEUE_FULL, AsrDispatcher
-from rtcore.asr.transcriber import HTTP_CALL_ID
 from rtcore.asr.whisper import WhisperEngine, WhisperOptions
 from rtcore.asr.worker import AsrWorker
-from rtcore.media.capture import CaptureOptions, RtpCapture, bind_rtp_socket
 from rtcore.media.rtp import RTP_HEADER
 from rtcore.runtime.audio import float_to_pcm16, load_audio
 from rtcore.runtime.config import Settings
-from rtcore.runtime.messages import AsrCredit, CallEnded, CallStarted, Transcript, UtteranceReady
+from rtcore.runtime.messages import HTTP_CALL_ID, AsrCredit, CallEnded, CallStarted, Transcript, UtteranceReady
 from rtcore.runtime.models import whisper_model_dir
 from rtcore.runtime.ring import AudioRings, RingSpec
 from rtcore.vad.detector import UtteranceDetector
 from rtcore.vad.segmenter import SegmenterOptions
 from rtcore.vad.silero import CHUNK, BatchedVad, SileroVad
-from tests.conftest import require_shared_audio
+from tests.conftest import StartCapture, require_shared_audio
 from tests.test_capture import Sender, rtp, wait_until
 
 
@@ -73,26 +70,6 @@ def rings() -> Iterator[AudioRings]:
 
 
 # --- RTP capture --------------------------------------------------------------------------------
-StartCapture = Callable[..., Awaitable[tuple[RtpCapture, tuple[str, int]]]]
-
-
-@pytest.fixture
-async def start_capture(rings: AudioRings) -> AsyncIterator[StartCapture]:
-    transports: list[asyncio.BaseTransport] = []
-
-    async def start(clock: Callable[[], float] | None = None, **options: object) -> tuple[RtpCapture, tuple[str, int]]:
-        loop = asyncio.get_running_loop()
-        sock = bind_rtp_socket("127.0.0.1", 0, 4 << 20)
-        address = sock.getsockname()
-        capture_options = CaptureOptions(**options)  # type: ignore[arg-type]
-        transport, capture = await loop.create_datagram_endpoint(
-            lambda: RtpCapture(rings, capture_options, **({"clock": clock} if clock else {})), sock=sock)
-        transports.append(transport)
-        return capture, address
-
-    yield start
-    for transport in transports:
-        transport.close()
 
 
 @pytest.fixture

@@ -35,10 +35,9 @@ import msgspec
 
 from rtcore.asr.batcher import BatchPolicy, window_label
 from rtcore.asr.filters import flag
-from rtcore.asr.transcriber import HTTP_CALL_ID
 from rtcore.asr.whisper import SAMPLE_RATE, WhisperOptions
 from rtcore.runtime import telemetry
-from rtcore.runtime.messages import AsrCredit, AsrStatus, Transcript, UtteranceReady
+from rtcore.runtime.messages import HTTP_CALL_ID, AsrCredit, AsrStatus, Transcript, UtteranceReady
 
 log = logging.getLogger(__name__)
 

@@ -22,14 +22,13 @@ import zmq
 from rtcore.runtime.audio import SAMPLE_RATE, float_to_pcm16
 from rtcore.runtime.bus import AsrClient, Publisher, Subscriber
 from rtcore.runtime.config import Settings
-from rtcore.runtime.messages import AsrStatus, Transcript, UtteranceReady
+from rtcore.runtime.messages import HTTP_CALL_ID, AsrStatus, Transcript, UtteranceReady
 from rtcore.runtime.models import whisper_model_name
 from rtcore.runtime.ring import AudioRings, NoFreeSlotError, SlotOwner
 
 log = logging.getLogger(__name__)
 
 # HTTP utterances are told apart from calls' on the bus by this call id and utterance id prefix.
-HTTP_CALL_ID = "http"
 UTTERANCE_PREFIX = "http-"
 # Transcripts are read when the bus socket signals, and also at this period: a ZeroMQ FD is
 # edge-triggered, and an edge that fires between two reads is otherwise never seen again.

@@ -85,7 +85,14 @@ class BusObserver:
         self.eos_to_transcript: list[tuple[float, float]] = []  # (when, ms)
 
     def poll(self) -> None:
-        from rtcore.runtime.messages import CallEnded, CallStarted, ProcessStarted, Transcript, UtteranceReady
+        from rtcore.runtime.messages import (
+            HTTP_CALL_ID,
+            CallEnded,
+            CallStarted,
+            ProcessStarted,
+            Transcript,
+            UtteranceReady,
+        )
 
         now = time.time()
         for message in self.subscriber.drain():
@@ -94,7 +101,7 @@ class BusObserver:
             if isinstance(message, UtteranceReady):
                 self.cut.setdefault(message.utterance_id, message.eos_at or now)
             elif isinstance(message, Transcript):
-                if message.call_id == "http":
+                if message.call_id == HTTP_CALL_ID:
                     continue
                 self.transcripts[message.utterance_id] += 1
                 self.transcribed_at.setdefault(message.utterance_id, now)

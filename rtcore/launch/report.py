@@ -31,7 +31,7 @@ from rtcore.dialog.admission import REJECTED
 from rtcore.dialog.leads import Lead
 from rtcore.runtime import telemetry
 from rtcore.runtime.bus import Subscriber
-from rtcore.runtime.messages import CallEnded, CallStarted, Transcript, TurnTaken, UtteranceReady
+from rtcore.runtime.messages import HTTP_CALL_ID, CallEnded, CallStarted, Transcript, TurnTaken, UtteranceReady
 from rtcore.runtime.telemetry import HistogramSnapshot
 
 HISTOGRAMS = {"eos_to_transcript": "rtcore_eos_to_transcript_seconds", "eos_to_reply": "rtcore_eos_to_reply_seconds",
@@ -97,7 +97,7 @@ class LoadCollector:
                 self.calls_ended.add(message.call_id)
             elif isinstance(message, UtteranceReady):
                 self.utterances.add(message.utterance_id)
-            elif isinstance(message, Transcript) and message.call_id != "http":
+            elif isinstance(message, Transcript) and message.call_id != HTTP_CALL_ID:
                 if message.error:
                     self.failed.add(message.utterance_id)
                     continue

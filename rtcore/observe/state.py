@@ -7,7 +7,7 @@ Fed by `handle(message)` with what the bus carries:
   feeds the CPU series of each process;
 - AsrStatus (ASR dispatcher, every half second): `asr_status`, `asr_status_at`; feeds the ASR queue series
   (pending + in flight);
-- Transcript: for call transcripts (call_id != "http", stamped by the dispatcher) eos -> transcript
+- Transcript: for call transcripts (call_id != HTTP_CALL_ID, stamped by the dispatcher) eos -> transcript
   (published_at - eos_at); for every transcript from a batch, the batch size;
 - TurnTaken (dialog): eos -> reply.
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from rtcore.runtime.messages import AsrStatus, CallView, Message, RunStatus, Transcript, TurnTaken
+from rtcore.runtime.messages import HTTP_CALL_ID, AsrStatus, CallView, Message, RunStatus, Transcript, TurnTaken
 
 FINISHED_LIMIT = 50
 SERIES_S = 300
@@ -199,7 +199,8 @@ class ObservedRun:
                 second.batch_sum += message.batch_size
                 second.batch_n += 1
                 second.batch_max = max(second.batch_max, message.batch_size)
-            if message.call_id != "http" and message.eos_at > 0 and message.published_at > 0 and not message.error:
+            is_callers = message.call_id != HTTP_CALL_ID and not message.error
+            if is_callers and message.eos_at > 0 and message.published_at > 0:
                 latency = (message.published_at - message.eos_at) * 1000
                 if math.isfinite(latency) and latency >= 0:
                     self._second().transcript_ms.add(latency, self.samples_per_second, self._rng)

@@ -13,6 +13,9 @@ from typing import Literal
 
 import msgspec
 
+# The call id of the HTTP API's utterances: not a caller's, so not in the calls' latencies.
+HTTP_CALL_ID = "http"
+
 
 class Message(msgspec.Struct, tag=True, array_like=True, frozen=True, forbid_unknown_fields=True):
     """Base of every bus message; the tag is the class name."""
