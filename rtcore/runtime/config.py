@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -121,6 +122,27 @@ class Settings(BaseModel):
                                                      "utterance gets an error transcript at once (admission control "
                                                      "keeps the queue far below this).")
 
+    # --- cluster (several nodes over one Redis) --------------------------------------------------
+    role: Literal["all", "media", "asr"] = Field(
+        "all", description="all: the whole pipeline on this box; media: ARI control, RTP capture, VAD and dialog, "
+                           "no Whisper (utterances go to the ASR nodes over Redis Streams); asr: ASR workers only, "
+                           "reading the cluster's utterance stream. media and asr need redis_url (the shared Redis).")
+    asr_transport: Literal["local", "stream"] = Field(
+        "local", description="How a role-all node hands utterances to Whisper: local (its own dispatcher over ZeroMQ) "
+                             "or stream (the cluster's Redis stream, shared with any ASR node). Roles media and asr "
+                             "always use the stream.")
+    node_id: str = Field("", pattern=r"^$|^[A-Za-z0-9_.-]{1,48}$",
+                         description="This node's name in the cluster (unique per node); empty: <hostname>-<instance>.")
+    cluster_name: str = Field("rtcore", pattern=r"^[A-Za-z0-9_.-]{1,32}$",
+                              description="Prefix of the cluster's Redis keys and streams: nodes with the same name "
+                                          "and Redis form one cluster.")
+    stream_claim_idle_s: float = Field(5.0, ge=0.5, le=600.0,
+                                       description="An utterance an ASR worker took and has not answered for this "
+                                                   "long (its node died) is claimed by another worker (XAUTOCLAIM).")
+    node_ttl_s: float = Field(5.0, ge=1.0, le=300.0, description="A node that stops refreshing its registration for "
+                                                                 "this long is gone from `rtcore cluster status` and "
+                                                                 "from the cluster's ASR capacity.")
+
     # --- ARI / Asterisk -----------------------------------------------------------------------
     ari_url: str = Field("", description="Asterisk ARI base URL, e.g. http://127.0.0.1:8088/ari; empty: the embedded "
                                          "simulator.")
@@ -130,7 +152,10 @@ class Settings(BaseModel):
                                                                      "ari_password_file.")
     ari_password_file: str = Field("", description="A file whose first line is the ARI password (e.g. mode 600, or a "
                                                    "systemd credential); instead of ari_password.")
-    ari_app: str = Field("rtcore", pattern=r"^[A-Za-z0-9_.-]+$")
+    ari_app: str = Field("rtcore", pattern=r"^[A-Za-z0-9_.-]+$",
+                         description="The Stasis application this node registers; in a cluster (role media, or "
+                                     "asr_transport stream) the default is rtcore-<node_id>, one per node, so that the "
+                                     "dialplan chooses the node (README, \"Several nodes\").")
     ari_timeout: float = Field(5.0, gt=0)
     ari_wait: float = Field(0.0, ge=0.0, le=3600.0, description="Seconds `rtcore launch` keeps trying to reach an "
                                                                 "Asterisk that is not answering yet (still starting); "
@@ -186,8 +211,21 @@ class Settings(BaseModel):
                                                                                        ".sln16, .ulaw and .alaw).")
 
     # --- Redis --------------------------------------------------------------------------------
-    redis_url: str = Field("", description="redis:// or unix:// URL; empty: a private redis-server started by `rtcore "
-                                           "launch`.")
+    redis_url: str = Field("", description="redis://, rediss:// (TLS) or unix:// URL; empty: a private redis-server "
+                                           "started by `rtcore launch` (a single box only).")
+    redis_username: str = Field("", description="Redis ACL user (AUTH username password); empty: the default user.")
+    redis_password: SecretStr = Field(SecretStr(""), description="Redis password (requirepass or the ACL user's); "
+                                                                 "never logged; or redis_password_file.")
+    redis_password_file: str = Field("", description="A file whose first line is redis_password.")
+    redis_tls_ca_file: str = Field("", description="CA bundle that signed the Redis server's certificate (rediss://); "
+                                                   "empty: the system's.")
+    redis_tls_cert_file: str = Field("", description="Client certificate for Redis mutual TLS (with "
+                                                     "redis_tls_key_file).")
+    redis_tls_key_file: str = Field("", description="Private key of redis_tls_cert_file.")
+    redis_sentinels: str = Field("", description="Comma-separated host:port of Redis Sentinels; when set, the master "
+                                                 "named redis_sentinel_master is found through them (fail-over "
+                                                 "followed) instead of redis_url's host.")
+    redis_sentinel_master: str = Field("mymaster", description="The Sentinel master name of the shared Redis.")
     redis_call_ttl_s: float = Field(3600.0, ge=60.0, description="Per-call working keys (rtcore:call:<id>...) expire "
                                                                  "this long after the call's last change; leads never "
                                                                  "expire.")
@@ -262,6 +300,31 @@ class Settings(BaseModel):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _node_defaults(cls, data: Any) -> Any:
+        """The node id and, in a cluster, the per-node ARI application, resolved once here: the
+        children get the resolved values."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if not data.get("node_id"):
+            host = "".join(c if c.isalnum() or c in "_.-" else "-" for c in socket.gethostname())[:32] or "node"
+            data["node_id"] = f"{host}-{data.get('instance') or 'default'}"[:48]
+        clustered = data.get("role", "all") != "all" or data.get("asr_transport", "local") == "stream"
+        if clustered and not data.get("ari_app"):
+            data["ari_app"] = f"rtcore-{data['node_id']}"
+        return data
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_shared_redis(self) -> Settings:
+        if self.role != "all" and not self.redis_url and not self.redis_sentinels:
+            raise ValueError(f"role {self.role} works with the other nodes through one shared Redis: set redis_url "
+                             "(e.g. redis://redis-host:6379/0) or redis_sentinels")
+        if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
+            raise ValueError("redis_tls_cert_file and redis_tls_key_file go together: set both or neither")
+        return self
+
     @model_validator(mode="after")
     def _http_beyond_loopback_needs_a_token(self) -> Settings:
         if not is_loopback(self.http_host) and not self.http_token.get_secret_value():
@@ -270,6 +333,21 @@ class Settings(BaseModel):
         return self
 
     # --- derived paths ------------------------------------------------------------------------
+    @property
+    def clustered(self) -> bool:
+        """Utterances go through the cluster's Redis stream (role media or asr, or asr_transport stream)."""
+        return self.role != "all" or self.asr_transport == "stream"
+
+    @property
+    def runs_asr(self) -> bool:
+        """This node loads Whisper and transcribes (roles all and asr)."""
+        return self.role != "media"
+
+    @property
+    def runs_calls(self) -> bool:
+        """This node takes calls: ARI control, capture, VAD, dialog (roles all and media)."""
+        return self.role != "asr"
+
     @property
     def run_path(self) -> Path:
         if self.run_dir:
@@ -316,6 +394,7 @@ class Settings(BaseModel):
         data = self.model_dump()
         data["ari_password"] = self.ari_password.get_secret_value()
         data["http_token"] = self.http_token.get_secret_value()
+        data["redis_password"] = self.redis_password.get_secret_value()
         return json.dumps(data)
 
     @classmethod
@@ -396,7 +475,7 @@ def load_settings(
         for name, value in layer.items():
             merged[name] = value
             sources[name] = origin
-    for secret in ("ari_password", "http_token"):
+    for secret in ("ari_password", "http_token", "redis_password"):
         from_file = f"{secret}_file"
         if merged.get(from_file):
             if secret in merged:
