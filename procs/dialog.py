@@ -23,6 +23,7 @@ from rtcore.runtime import telemetry
 from rtcore.runtime.bus import Publisher, Subscriber
 from rtcore.runtime.messages import AsrStatus, Drain, ProcessStarted, SpeechStarted, Transcript, UtteranceReady
 from rtcore.runtime.process import ProcessContext, run_process
+from rtcore.runtime.redis_client import async_client
 from rtcore.runtime.ring import AudioRings
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ async def serve(ctx: ProcessContext) -> None:
     if s.intent_main_url:
         intents = CountedIntentApi(intents)
     rings = AudioRings.attach(ctx.info.rings)
-    store = LeadStore(s.redis_url, s.data_path / "lead-spool.jsonl", call_ttl_s=s.redis_call_ttl_s)
+    store = LeadStore(async_client(s), s.data_path / "lead-spool.jsonl", call_ttl_s=s.redis_call_ttl_s,
+                      node=s.node_id if s.clustered else "")
     store.start()
     publisher = Publisher(s.endpoint("bus_pub"))
     subscriber = Subscriber(s.endpoint("bus_sub"),

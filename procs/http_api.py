@@ -16,7 +16,6 @@ import asyncio
 import logging
 import time
 
-import redis.asyncio
 import uvloop
 
 from rtcore.asr.http_api import API_KEY, ConnectionLimits, HttpServer, create_app, listening_url
@@ -24,6 +23,7 @@ from rtcore.asr.transcriber import PipelineTranscriber, check_audio_fits
 from rtcore.observe import BusFeed, ObservedRun, add_live_view
 from rtcore.observe.health import HealthChecks
 from rtcore.runtime.process import ProcessContext, run_process
+from rtcore.runtime.redis_client import async_client
 from rtcore.runtime.ring import AudioRings
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ async def serve(ctx: ProcessContext) -> None:
     observed = ObservedRun()  # what the live view shows (and /health may read: run_status, asr_status)
     feed = BusFeed(s.endpoint("bus_sub"), observed)
     # /health pings Redis itself: a dead Redis shows even before the dialog's connection notices.
-    redis_client = redis.asyncio.Redis.from_url(s.redis_url, socket_timeout=1.0) if s.redis_url else None
+    redis_client = async_client(s, timeout_s=1.0) if s.redis_url or s.redis_sentinels else None
     checks = HealthChecks(s, observed, redis_client.ping if redis_client is not None else None)
     try:
         feed.start()

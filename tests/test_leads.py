@@ -101,3 +101,64 @@ def test_export_formats() -> None:
     assert rows[0]["zip_code"] == "75011" and rows[0]["owner"] == "yes" and rows[0]["slot_day"] == "mardi"
     lines = export_leads([lead(1)], "jsonl").splitlines()
     assert Lead.from_json(lines[0]) == lead(1)
+
+
+async def test_two_nodes_leads_with_the_same_call_id_are_all_exported_with_their_node(short_dir: Path) -> None:
+    with PrivateRedis(short_dir / "run", short_dir / "data") as server:
+        stores = {node: LeadStore(server.url, short_dir / f"spool-{node}.jsonl", node=node)
+                  for node in ("", "node-a", "node-b")}  # a single box's leads, then two nodes'
+        for store, outcome in zip(stores.values(), ("qualified", "refused", "not_eligible"), strict=True):
+            store.start()
+            store.save_lead(lead(1, outcome=outcome))
+        await until(lambda: all(store.backlog == 0 and store.written == 2 for store in stores.values()))
+        for store in stores.values():
+            await store.close()
+        client = redis.Redis.from_url(server.url)
+        try:
+            assert client.get("rtcore:lead:call-1") is not None  # the single-box key, as before
+            assert sorted(client.zrange("rtcore:leads", 0, -1)) == [b"call-1", b"node-a:call-1", b"node-b:call-1"]
+            assert json.loads(client.get("rtcore:lead:node-b:call-1"))["node"] == "node-b"
+            leads = list(read_leads(client))
+        finally:
+            client.close()
+    assert sorted((x.node, x.call_id, x.outcome) for x in leads) == [
+        ("", "call-1", "qualified"), ("node-a", "call-1", "refused"), ("node-b", "call-1", "not_eligible")]
+    rows = list(csv.DictReader(io.StringIO(export_leads(leads, "csv"))))
+    assert sorted((r["node"], r["call_id"], r["outcome"]) for r in rows) == [
+        ("", "call-1", "qualified"), ("node-a", "call-1", "refused"), ("node-b", "call-1", "not_eligible")]
+    assert sorted(json.loads(line)["node"] for line in export_leads(leads, "jsonl").splitlines()) == [
+        "", "node-a", "node-b"]
+
+
+async def test_a_nodes_calls_in_progress_are_its_own(short_dir: Path) -> None:
+    with PrivateRedis(short_dir / "run", short_dir / "data") as server:
+        a = LeadStore(server.url, short_dir / "spool-a.jsonl", node="node-a")
+        b = LeadStore(server.url, short_dir / "spool-b.jsonl", node="node-b")
+        single = LeadStore(server.url, short_dir / "spool.jsonl")
+        for store in (a, b, single):
+            store.start()
+        a.save_lead(lead(1))
+        a.save_call_state("call-1", {"state": {"state": "ask_zip_code"}, "slot": 3})
+        a.set_bot_speaking("call-1", True)
+        b.save_call_state("call-2", {"state": {"state": "init"}})
+        b.save_call_state("call-1", {"state": {"state": "bye"}}, ended=True)  # B's own call-1 ended
+        await until(lambda: a.written == 6 and b.written == 4 and a.backlog == b.backlog == 0)
+        try:
+            # A restarted dialog reads its own node's calls back, never another node's.
+            [mine] = await a.load_active_calls()
+            assert (mine.call_id, mine.state["slot"], mine.state["state"]) == ("call-1", 3, {"state": "ask_zip_code"})
+            assert mine.lead is not None and mine.lead.node == "node-a" and mine.lead.zip_code == "75011"
+            assert [r.call_id for r in await b.load_active_calls()] == ["call-2"]
+            assert await single.load_active_calls() == []
+        finally:
+            for store in (a, b, single):
+                await store.close()
+        client = redis.Redis.from_url(server.url)
+        try:
+            assert client.smembers("rtcore:node:node-a:calls:active") == {b"call-1"}
+            assert client.smembers("rtcore:node:node-b:calls:active") == {b"call-2"}
+            assert client.get("rtcore:node:node-a:call:call-1:bot_speaking") == b"1"
+            assert client.get("rtcore:node:node-a:bot_speaking") == b"1"
+            assert not client.exists("rtcore:calls:active", "rtcore:call:call-1", "bot_speaking")
+        finally:
+            client.close()

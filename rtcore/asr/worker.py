@@ -20,7 +20,7 @@ from rtcore.asr.batcher import AsrBatcher, AsrRequest, BatchPolicy, window_label
 from rtcore.asr.whisper import WhisperEngine, WhisperResult
 from rtcore.runtime import telemetry
 from rtcore.runtime.audio import pcm16_to_float
-from rtcore.runtime.messages import Transcript, UtteranceReady
+from rtcore.runtime.messages import StreamedUtterance, Transcript, UtteranceReady
 from rtcore.runtime.ring import AudioRings, RingError, SlotLease
 
 if TYPE_CHECKING:
@@ -72,9 +72,14 @@ class AsrWorker:
             log.error("utterance %s: %s", utterance.utterance_id, exc)
             return Transcript(utterance_id=utterance.utterance_id, call_id=utterance.call_id, text="",
                               error=str(exc), eos_at=utterance.eos_at, worker=self.name)
-        self.batcher.add(AsrRequest(utterance.utterance_id, pcm16_to_float(pcm), self._clock(),
-                                    language=utterance.language, meta=utterance, context=utterance.context))
+        self.accept_audio(utterance.utterance_id, utterance, pcm)
         return None
+
+    def accept_audio(self, key: str, utterance: UtteranceReady | StreamedUtterance, pcm: npt.NDArray[np.int16]) -> None:
+        """Queue an utterance whose audio is at hand (a stream entry carries it); `key` names it
+        in the batcher and `holding()`."""
+        self.batcher.add(AsrRequest(key, pcm16_to_float(pcm), self._clock(), language=utterance.language,
+                                    meta=utterance, context=utterance.context))
 
     def next_deadline(self) -> float:
         return self.batcher.next_deadline()
@@ -82,6 +87,11 @@ class AsrWorker:
     def run_due(self, flush: bool = False, while_waiting: Callable[[], None] | None = None) -> list[Transcript]:
         """Run the most urgent due batch, if any; its transcripts. `while_waiting` is called
         about every 20 ms while the model runs (heartbeats)."""
+        return [transcript for _, transcript in self.run_due_keyed(flush, while_waiting)]
+
+    def run_due_keyed(self, flush: bool = False,
+                      while_waiting: Callable[[], None] | None = None) -> list[tuple[str, Transcript]]:
+        """As `run_due`, each transcript with the key its utterance was accepted under."""
         batch = self.batcher.pop_due(self._clock(), flush=flush)
         if not batch:
             return []
@@ -104,18 +114,18 @@ class AsrWorker:
             log.warning("slow batch: %d utterances (%.1f s of audio at most) in a %g s window took %.2f s%s",
                         len(batch), max(r.duration_s for r in batch), timing.window_s, timing.inference_s,
                         f"; flagged: {', '.join(reasons)}" if reasons else "")
-        out = []
+        out: list[tuple[str, Transcript]] = []
         for request, result in zip(batch, results, strict=True):
-            utterance: UtteranceReady = request.meta
+            utterance: UtteranceReady | StreamedUtterance = request.meta
             self.utterances += 1
             self.flagged += result.hallucination
-            out.append(Transcript(
+            out.append((request.key, Transcript(
                 utterance_id=utterance.utterance_id, call_id=utterance.call_id, text=result.text,
                 avg_logprob=result.avg_logprob, no_speech_prob=result.no_speech_prob,
                 hallucination=result.hallucination, error="", eos_at=utterance.eos_at,
                 queue_ms=(started - request.enqueued_at) * 1000, features_ms=timing.features_s * 1000,
                 inference_ms=timing.inference_s * 1000, batch_size=len(batch), worker=self.name,
-                window_s=timing.window_s))
+                window_s=timing.window_s)))
         return out
 
     def metrics(self) -> dict[str, float]:

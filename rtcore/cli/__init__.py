@@ -13,6 +13,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
+from rtcore.cli.cluster import cmd_cluster
 from rtcore.cli.running import (
     cmd_bench_chaos,
     cmd_bench_load,
@@ -110,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = leads_sub.add_parser("export", help="print every lead")
     export.add_argument("--format", choices=["csv", "jsonl"], default="csv")
     export.set_defaults(func=cmd_leads)
+
+    cluster = sub.add_parser("cluster", help="the nodes sharing this Redis (role media / asr)")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    status = cluster_sub.add_parser("status", help="nodes, roles, capacity, queue depth and lag, from Redis")
+    status.add_argument("--json", action="store_true", help="the snapshot as JSON")
+    status.set_defaults(func=cmd_cluster)
+    _add_setting_flags(status)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)

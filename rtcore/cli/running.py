@@ -25,6 +25,14 @@ def cmd_launch(args: argparse.Namespace, settings: Settings) -> int:
     from rtcore.runtime.logs import setup_logging
 
     setup_logging(settings, process="supervisor")
+    if settings.redis_url or settings.redis_sentinels:  # a shared Redis: usable, before any process starts
+        from rtcore.runtime.redis_client import RedisConfigError, check_redis, describe
+
+        try:
+            log.info("Redis %s at %s", check_redis(settings), describe(settings))
+        except RedisConfigError as exc:
+            log.error("%s", exc)
+            return 1
     if args.caller_codec:
         settings = settings.model_copy(update={"sim_caller_codec": args.caller_codec})
     # SIGTERM (a service manager, `rtcore drain`) drains: no new call, the calls in progress may

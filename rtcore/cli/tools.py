@@ -124,14 +124,17 @@ def cmd_leads(args: argparse.Namespace, settings: Settings) -> int:
     import redis
 
     from rtcore.dialog.leads import export_leads, read_leads
+    from rtcore.runtime.redis_client import explain, sync_client
 
-    url = settings.redis_url or f"unix://{settings.run_path / 'redis.sock'}"
-    client = redis.Redis.from_url(url, socket_timeout=5.0)
+    shared = bool(settings.redis_url or settings.redis_sentinels)
+    if not shared:  # the private redis-server of the instance's `rtcore launch`
+        settings = settings.model_copy(update={"redis_url": f"unix://{settings.run_path / 'redis.sock'}"})
+    client = sync_client(settings, timeout_s=5.0)
     try:
         sys.stdout.write(export_leads(read_leads(client), args.format))
     except redis.RedisError as exc:
-        hint = "" if settings.redis_url else " (is `rtcore launch` running? set redis_url otherwise)"
-        print(f"rtcore leads: cannot read Redis at {url}: {exc}{hint}", file=sys.stderr)
+        hint = "" if shared else " (is `rtcore launch` running? set redis_url otherwise)"
+        print(f"rtcore leads: {explain(exc, settings)}{hint}", file=sys.stderr)
         return 2
     finally:
         client.close()

@@ -35,6 +35,7 @@ class Call:
     rtp_source: str = ""
     started: CallStarted | None = None  # the announcement, repeated by reannounce()
     context_sent: str | None = None  # the CallContext last published for this call
+    state_sent: str | None = None  # and its dialog state
     persist: bool = True  # False: taken back without its Redis record, whose lead must not be overwritten
     # Turn continuation (rtcore.dialog.joining): which utterances make one turn, the last turn
     # understood and how to undo it, and the timer that stops waiting for a continuation.

@@ -1,6 +1,6 @@
 """Call state and lead records in Redis, written so that a Redis outage loses nothing.
 
-Keys (prefix `rtcore:`):
+Keys (prefix `rtcore:`), a single box (LeadStore(node="")):
 - `call:<id>`          hash: the call's working state (dialog state JSON, ring slot and generation,
                        RTP source, helper channels, playbacks): what a restarted dialog process needs
                        to resume the call. Its TTL (`redis_call_ttl_s`) is renewed at every write, so
@@ -10,6 +10,13 @@ Keys (prefix `rtcore:`):
 - `calls:active`       set of the ids of the calls in progress (removed when a call ends);
 - `lead:<id>`          the lead record (JSON, rewritten whole at each change: idempotent); never expires;
 - `leads`              sorted set of lead ids by call start time.
+
+A node of a cluster (LeadStore(node=<node_id>)) shares the Redis with the others: its working keys
+are its own, `node:<node>:call:<id>`, `node:<node>:call:<id>:bot_speaking`, `node:<node>:bot_speaking`
+and `node:<node>:calls:active` (a restarted dialog takes back its node's calls, never another's);
+its leads are `lead:<node>:<id>`, in the same `leads` sorted set as member `<node>:<id>` (two nodes
+may see the same call id), and the record carries its `node`. The member is always what follows
+`lead:` in the record's key, so `read_leads` reads single-box and clustered leads alike.
 
 Every write is an idempotent operation queued to a writer task. If Redis is unreachable the
 writer keeps the operations, appends them to a spool file in the data directory (so a restart of
@@ -27,13 +34,15 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from rtcore.runtime.redis_client import async_client_for_url
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +83,7 @@ class Lead:
     # spool/asterisk/recording/ on the Asterisk host (ARI: GET /recordings/stored/<name>/file).
     recording: str = ""
     turns: list[Turn] = field(default_factory=list)
+    node: str = ""  # the cluster node that took the call (empty: a single box)
 
     def to_json(self) -> str:
         text = json.dumps(asdict(self), ensure_ascii=False)
@@ -106,15 +116,33 @@ class CallRecord:
 Op = list[Any]
 
 
+def lead_member(node: str, call_id: str) -> str:
+    """The lead's member in `rtcore:leads`, and what follows `rtcore:lead:` in its key."""
+    return f"{node}:{call_id}" if node else call_id
+
+
 class LeadStore:
-    def __init__(self, redis_url: str, spool_path: Path, retry_max_s: float = 5.0,
-                 call_ttl_s: float = CALL_TTL_S) -> None:
-        self.redis_url = redis_url
+    """`client`: the Redis client (rtcore.runtime.redis_client.async_client(settings)), a factory
+    of one, or a URL without credentials (the private redis-server); the store owns it and closes it.
+    `node`: this node's id in a cluster, whose keys are then its own (module docstring); empty on
+    a single box."""
+
+    def __init__(self, client: aioredis.Redis | Callable[[], aioredis.Redis] | str, spool_path: Path,
+                 retry_max_s: float = 5.0, call_ttl_s: float = CALL_TTL_S, node: str = "") -> None:
         self.spool_path = Path(spool_path)
         self.retry_max_s = retry_max_s
         self.call_ttl_s = int(call_ttl_s)
-        self._client: aioredis.Redis = aioredis.Redis.from_url(redis_url, socket_timeout=2.0,
-                                                               socket_connect_timeout=2.0)
+        self.node = node
+        if isinstance(client, str):
+            self._client = async_client_for_url(client)
+        elif isinstance(client, aioredis.Redis):
+            self._client = client
+        else:
+            self._client = client()
+        working = f"{PREFIX}node:{node}:" if node else PREFIX
+        self._call_prefix = f"{working}call:"
+        self.active_calls_key = f"{working}calls:active" if node else ACTIVE_CALLS
+        self._bot_speaking_key = f"{working}bot_speaking" if node else GLOBAL_BOT_SPEAKING
         self._queue: deque[Op] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -125,23 +153,26 @@ class LeadStore:
 
     # --- what the controller calls (never blocks on Redis) ----------------------------------
     def save_lead(self, lead: Lead) -> None:
-        self._push(["set", f"{PREFIX}lead:{lead.call_id}", lead.to_json(), 0])
-        self._push(["zadd", f"{PREFIX}leads", lead.started_at, lead.call_id])
+        """The lead, stamped with this store's node."""
+        lead.node = self.node
+        member = lead_member(self.node, lead.call_id)
+        self._push(["set", f"{PREFIX}lead:{member}", lead.to_json(), 0])
+        self._push(["zadd", f"{PREFIX}leads", lead.started_at, member])
 
     def save_call_state(self, call_id: str, fields: dict[str, Any], ended: bool = False) -> None:
         """The call's working state; `ended` takes it off the active set (the hash then expires)."""
         # Every field JSON-encoded, strings included, so that reading back restores the types.
         encoded = {k: json.dumps(v, ensure_ascii=False) for k, v in {**fields, "ended": ended}.items()}
-        self._push(["hset", f"{PREFIX}call:{call_id}", encoded, self.call_ttl_s])
-        self._push(["srem" if ended else "sadd", ACTIVE_CALLS, call_id])
+        self._push(["hset", f"{self._call_prefix}{call_id}", encoded, self.call_ttl_s])
+        self._push(["srem" if ended else "sadd", self.active_calls_key, call_id])
 
     def set_bot_speaking(self, call_id: str, speaking: bool) -> None:
         if speaking:
             self._speaking.add(call_id)
         else:
             self._speaking.discard(call_id)
-        self._push(["set", f"{PREFIX}call:{call_id}:bot_speaking", "1" if speaking else "0", self.call_ttl_s])
-        self._push(["set", GLOBAL_BOT_SPEAKING, "1" if self._speaking else "0", 0])
+        self._push(["set", f"{self._call_prefix}{call_id}:bot_speaking", "1" if speaking else "0", self.call_ttl_s])
+        self._push(["set", self._bot_speaking_key, "1" if self._speaking else "0", 0])
 
     @property
     def backlog(self) -> int:
@@ -171,10 +202,10 @@ class LeadStore:
         queued: a restarted dialog process reads what its predecessor wrote). Raises RedisError
         or OSError when Redis cannot be read."""
         ids = sorted(m.decode() if isinstance(m, bytes) else str(m)
-                     for m in await self._client.smembers(ACTIVE_CALLS))
+                     for m in await self._client.smembers(self.active_calls_key))
         records = []
         for call_id in ids:
-            raw_state = await self._client.hgetall(f"{PREFIX}call:{call_id}")
+            raw_state = await self._client.hgetall(f"{self._call_prefix}{call_id}")
             state: dict[str, Any] = {}
             for key, value in raw_state.items():
                 name = key.decode() if isinstance(key, bytes) else str(key)
@@ -183,7 +214,7 @@ class LeadStore:
                     state[name] = json.loads(text)
                 except ValueError:
                     log.warning("call %s: unreadable field %r in Redis", call_id, name)
-            raw_lead = await self._client.get(f"{PREFIX}lead:{call_id}")
+            raw_lead = await self._client.get(f"{PREFIX}lead:{lead_member(self.node, call_id)}")
             lead = None
             if raw_lead is not None:
                 try:
@@ -280,15 +311,16 @@ class LeadStore:
 
 # --- reading (export) -----------------------------------------------------------------------
 def read_leads(client: Any) -> Iterable[Lead]:
-    """Every lead in start order, from a synchronous redis client."""
-    for call_id in client.zrange(f"{PREFIX}leads", 0, -1):
-        raw = client.get(f"{PREFIX}lead:{call_id.decode() if isinstance(call_id, bytes) else call_id}")
+    """Every lead of every node in start order (single-box and clustered alike: the member is
+    the key's suffix), from a synchronous redis client."""
+    for member in client.zrange(f"{PREFIX}leads", 0, -1):
+        raw = client.get(f"{PREFIX}lead:{member.decode() if isinstance(member, bytes) else member}")
         if raw is not None:
             yield Lead.from_json(raw)
 
 
 CSV_COLUMNS = ["call_id", "caller", "started_at", "ended_at", "outcome", "zip_code", "owner", "heating", "callback",
-               "slot_day", "slot_period", "turns", "end_reason", "recording"]
+               "slot_day", "slot_period", "turns", "end_reason", "recording", "node"]
 
 
 def export_leads(leads: Iterable[Lead], fmt: str) -> str:
@@ -304,7 +336,7 @@ def export_leads(leads: Iterable[Lead], fmt: str) -> str:
         writer.writerow([lead.call_id, lead.caller, _iso(lead.started_at), _iso(lead.ended_at), lead.outcome,
                          lead.zip_code or "", _yes_no(lead.owner), lead.heating or "", _yes_no(lead.callback),
                          slot.get("day", ""), slot.get("period", ""), len(lead.turns), lead.end_reason,
-                         lead.recording])
+                         lead.recording, lead.node])
     return out.getvalue()
 
 

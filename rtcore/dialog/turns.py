@@ -138,9 +138,10 @@ class TurnTaking:
         assert call.engine is not None
         state = self.script.states.get(call.engine.state.state)
         context = state.asr_context if state is not None and not call.engine.ended else ""
-        if force or context != call.context_sent:
-            call.context_sent = context
-            self.publish(CallContext(call_id=call.call_id, context=context))
+        name = call.engine.state.state
+        if force or (context, name) != (call.context_sent, call.state_sent):
+            call.context_sent, call.state_sent = context, name
+            self.publish(CallContext(call_id=call.call_id, context=context, state=name))
 
     def _register_playback(self, call: Call, prompt: str, retry: bool = False) -> str:
         self._playback_seq += 1

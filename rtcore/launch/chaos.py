@@ -302,12 +302,11 @@ def run_chaos(settings: Settings, out: Path, calls: int = 16, interval_s: float 
     """The whole benchmark; writes chaos.json and chaos.md (soak: soak.json, soak.md) in `out`
     and returns the report.
     `faults_wanted`: which of FAULTS to throw, in that order (process names: kill -9)."""
-    import redis as redis_client
-
     from rtcore.dialog.leads import read_leads
     from rtcore.launch.launcher import simulated_load_settings
     from rtcore.launch.pipeline import pipeline
     from rtcore.runtime.models import whisper_model_dir
+    from rtcore.runtime.redis_client import sync_client
     from rtcore.runtime.supervisor import Supervisor
     from rtcore.sim.callers.prepare import prepare_simulation
 
@@ -364,7 +363,7 @@ def run_chaos(settings: Settings, out: Path, calls: int = 16, interval_s: float 
             faults.append(ending)
         run.wait(SETTLE_S, lambda: not observer.untranscribed())
         traffic.stop()
-        client = redis_client.Redis.from_url(settings.redis_url, socket_timeout=5.0)
+        client = sync_client(settings, timeout_s=5.0)
         try:
             # This run's (data_dir keeps earlier runs' leads), not the abuse's ghost callers.
             leads = {lead.call_id: lead for lead in read_leads(client)

@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from rtcore.runtime.config import Settings
+from rtcore.runtime.redis_client import sync_client
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
     `drain_requested()` (SIGTERM, `rtcore drain`): the dialog takes no new call and the calls in
     progress may finish for `drain_timeout_s` (Supervisor.drain; `should_stop()` cuts it short),
     then the run stops as it would have; the report then has a `drain` part."""
+    if not settings.runs_calls:
+        return run_asr_node(settings, duration_s, should_stop, progress, progress_every_s, drain_requested)
     # Before any model is loaded: what is missing or misconfigured stops us within seconds.
     if not settings.redis_url:
         from rtcore.runtime.redis_server import require_redis_server
@@ -119,7 +122,8 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
     if simulated:
         settings = simulated_load_settings(settings, calls, total_calls, duration_s)
     log.info("rtcore launch, instance %r, settings: %s", settings.instance, json.dumps(settings.redacted()))
-    whisper_model_dir(settings)  # assembled once here, not concurrently in every ASR worker
+    if settings.runs_asr:
+        whisper_model_dir(settings)  # assembled once here, not concurrently in every ASR worker
     if simulated:
         from rtcore.sim.callers.prepare import prepare_simulation
 
@@ -182,9 +186,11 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
 
             drain = supervisor.drain(settings.drain_timeout_s, should_stop=drain_stop)
         collector.poll()
-        client = redis.Redis.from_url(supervisor.settings.redis_url, socket_timeout=5.0)
+        client = sync_client(supervisor.settings, timeout_s=5.0)
         try:
-            leads = list(read_leads(client))
+            # A shared Redis holds every node's leads: this run's report is about this node's.
+            mine = supervisor.settings.node_id if supervisor.settings.clustered else ""
+            leads = [lead for lead in read_leads(client) if lead.node == mine]
         finally:
             client.close()
         report = build_report(collector, leads, RunHistograms.read(supervisor.metrics_dir), cpu.percent(),
@@ -195,5 +201,68 @@ def run_launch(settings: Settings, calls: int | None = None, total_calls: int | 
     finally:
         for cleanup in cleanups:
             cleanup()
+        supervisor.stop()
+        log.info("stopped")
+
+
+def run_asr_node(settings: Settings, duration_s: float | None, should_stop: Callable[[], bool],
+                 progress: Callable[[str], None] | None, progress_every_s: float,
+                 drain_requested: Callable[[], bool]) -> dict[str, Any]:
+    """`rtcore launch --role asr`: ASR stream workers only, until stopped (or `duration_s`); no
+    call, no private Redis. Returns what its workers did. SIGTERM stops it like Ctrl-C: what its
+    workers held is claimed by the other ASR nodes after stream_claim_idle_s."""
+    from rtcore.launch.pipeline import pipeline
+    from rtcore.runtime.cluster import ClusterKeys, stream_state
+    from rtcore.runtime.metrics import serve_metrics
+    from rtcore.runtime.models import whisper_model_dir
+    from rtcore.runtime.redis_client import sync_client
+    from rtcore.runtime.supervisor import Supervisor, SupervisorError
+
+    log.info("rtcore launch --role asr, node %s, instance %r, settings: %s", settings.node_id, settings.instance,
+             json.dumps(settings.redacted()))
+    whisper_model_dir(settings)
+    supervisor = Supervisor(settings, pipeline(settings), private_redis=False)
+    try:
+        supervisor.start()
+    except SupervisorError as exc:
+        raise LaunchError(str(exc)) from None
+    stop_metrics: Callable[[], None] | None = None
+    client = sync_client(settings, timeout_s=2.0)
+    keys = ClusterKeys(settings.cluster_name)
+    try:
+        if settings.metrics_port:
+            _, stop_metrics = serve_metrics(supervisor, settings.metrics_host, settings.metrics_port)
+        started = time.monotonic()
+        deadline = started + duration_s if duration_s else float("inf")
+        next_progress = [started + progress_every_s]
+
+        def finished() -> bool:
+            now = time.monotonic()
+            if progress is not None and now >= next_progress[0]:
+                next_progress[0] = now + progress_every_s
+                try:
+                    stream = stream_state(client, keys)
+                    queue = f"stream waiting {stream.waiting} (oldest {stream.oldest_waiting_s:.1f} s), taken " \
+                            f"{stream.taken}"
+                except redis.RedisError as exc:
+                    queue = f"Redis: {exc}"
+                done = sum(c.metrics.get("utterances", 0.0) for c in supervisor.children.values())
+                progress(f"[{now - started:6.0f} s] node {settings.node_id}: {done:.0f} utterances transcribed"
+                         f" | {queue}")
+            return should_stop() or drain_requested() or now >= deadline
+
+        log.info("ASR node %s running (%d workers); Ctrl-C or SIGTERM stops", settings.node_id,
+                 len(supervisor.children))
+        supervisor.run(finished)
+        workers = {name: dict(child.metrics) for name, child in supervisor.children.items()}
+        return {"role": "asr", "node": settings.node_id, "workers": workers,
+                "utterances": int(sum(w.get("utterances", 0.0) for w in workers.values())),
+                "batches": int(sum(w.get("batches", 0.0) for w in workers.values())),
+                "claimed": int(sum(w.get("claimed", 0.0) for w in workers.values())),
+                "duplicate_answers": int(sum(w.get("duplicate_answers", 0.0) for w in workers.values()))}
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
+        client.close()
         supervisor.stop()
         log.info("stopped")

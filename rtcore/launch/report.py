@@ -87,6 +87,7 @@ class LoadCollector:
     windows: Counter[float] = field(default_factory=Counter)
     calls_started: set[str] = field(default_factory=set)  # CallStarted is repeated: a set of ids
     calls_ended: set[str] = field(default_factory=set)
+    duplicates: int = 0  # a second transcript for one utterance: must stay 0 (one per utterance id)
 
     def poll(self) -> None:
         now = time.time()
@@ -98,6 +99,9 @@ class LoadCollector:
             elif isinstance(message, UtteranceReady):
                 self.utterances.add(message.utterance_id)
             elif isinstance(message, Transcript) and message.call_id != HTTP_CALL_ID:
+                if message.utterance_id in self.transcribed or message.utterance_id in self.failed:
+                    self.duplicates += 1
+                    continue
                 if message.error:
                     self.failed.add(message.utterance_id)
                     continue
@@ -169,7 +173,9 @@ def build_report(collector: LoadCollector, leads: Iterable[Lead], histograms: Ru
         "calls_completed": sum(1 for lead in finished if lead.outcome not in ("error", REJECTED)),
         "calls_failed": outcomes.get("error", 0),
         "outcomes": dict(sorted(outcomes.items())),
-        "utterances": {"total": total, "dropped": total - len(collector.utterances & collector.transcribed)},
+        "utterances": {"total": total, "dropped": total - len(collector.utterances & collector.transcribed),
+                       "failed": len(collector.utterances & collector.failed),
+                       "duplicate_transcripts": collector.duplicates},
         "latency_ms": {"eos_to_transcript": histograms.figures_ms("eos_to_transcript", collector.eos_to_transcript),
                        "eos_to_reply": histograms.figures_ms("eos_to_reply", collector.eos_to_reply)},
         "asr": {"mean_batch_size": round(batch_size.total / batch_size.count, 2) if batch_size.count else 0.0,
@@ -187,6 +193,10 @@ def build_report(collector: LoadCollector, leads: Iterable[Lead], histograms: Ru
 
 
 def format_report(report: dict[str, Any]) -> str:
+    if report.get("role") == "asr":  # an ASR node takes no call
+        return (f"ASR node {report['node']}: {report['utterances']} utterances in {report['batches']} batches, "
+                f"{report['claimed']} claimed from a silent worker, {report['duplicate_answers']} answered "
+                "by another first")
     lat = report["latency_ms"]
     return "\n".join([
         f"calls completed {report['calls_completed']}, failed {report['calls_failed']}; outcomes "

@@ -97,7 +97,7 @@ class HealthChecks:
                 not_ready.append("draining: no new call is taken")
             if status.has_dialog and free <= 0:
                 not_ready.append("no free call slot")
-        if s.redis_url or (status is not None and status.has_dialog):
+        if s.redis_url or s.redis_sentinels or (status is not None and status.has_dialog):
             body["redis"] = {"reachable": await self._redis_reachable()}
             if not body["redis"]["reachable"]:
                 reasons.append("Redis does not answer")

@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -25,6 +26,50 @@ ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
 
 class ConfigError(ValueError):
     """Bad configuration: the message names every offending field and where its value came from."""
+
+
+# --- Redis URLs and Sentinel lists (read here by the validators, and by rtcore.runtime.redis_client) ---
+def redis_url_credentials(url: str) -> tuple[str, str]:
+    """The (username, password) a Redis URL carries inline (redis://user:pw@host, or ?password=),
+    empty strings when none."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    username = parts.username or query.get("username", [""])[0]
+    password = parts.password or query.get("password", [""])[0]
+    return username, password
+
+
+def mask_redis_url(url: str) -> str:
+    """The URL with any inline password replaced by ***, for logs and messages (a lone
+    redis://SECRET@host is masked whole: it may be a password)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+    query = parts.query
+    if query:
+        pairs = [pair.split("=", 1) for pair in query.split("&")]
+        query = "&".join(f"{p[0]}=***" if p[0] == "password" and len(p) == 2 else "=".join(p) for p in pairs)
+    # Rebuilt by hand: urlunsplit drops the empty authority of unix:///path.
+    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+            + (f"#{parts.fragment}" if parts.fragment else ""))
+
+
+def parse_sentinels(text: str) -> list[tuple[str, int]]:
+    """'host:port,host:port' (an IPv6 address in brackets: [::1]:26379) as [(host, port)];
+    ValueError naming the bad item."""
+    addresses = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        host = host.strip("[]") if host.startswith("[") else host
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item!r} is not host:port (e.g. 10.0.0.7:26379, [fd00::7]:26379)")
+        addresses.append((host, int(port)))
+    return addresses
 
 
 class Settings(BaseModel):
@@ -211,8 +256,10 @@ class Settings(BaseModel):
                                                                                        ".sln16, .ulaw and .alaw).")
 
     # --- Redis --------------------------------------------------------------------------------
-    redis_url: str = Field("", description="redis://, rediss:// (TLS) or unix:// URL; empty: a private redis-server "
-                                           "started by `rtcore launch` (a single box only).")
+    redis_url: str = Field("", description="redis://HOST:6379/0, rediss://HOST:6380/0 (TLS) or "
+                                           "unix:///PATH.sock?db=0; the user and password go in redis_username and "
+                                           "redis_password, not in the URL. Empty: a private redis-server started "
+                                           "by `rtcore launch` (a single box only).")
     redis_username: str = Field("", description="Redis ACL user (AUTH username password); empty: the default user.")
     redis_password: SecretStr = Field(SecretStr(""), description="Redis password (requirepass or the ACL user's); "
                                                                  "never logged; or redis_password_file.")
@@ -224,7 +271,9 @@ class Settings(BaseModel):
     redis_tls_key_file: str = Field("", description="Private key of redis_tls_cert_file.")
     redis_sentinels: str = Field("", description="Comma-separated host:port of Redis Sentinels; when set, the master "
                                                  "named redis_sentinel_master is found through them (fail-over "
-                                                 "followed) instead of redis_url's host.")
+                                                 "followed) instead of redis_url's host: redis_url then only gives "
+                                                 "TLS (rediss://) and the database (/N). The Sentinels get the same "
+                                                 "user, password and TLS options as the master.")
     redis_sentinel_master: str = Field("mymaster", description="The Sentinel master name of the shared Redis.")
     redis_call_ttl_s: float = Field(3600.0, ge=60.0, description="Per-call working keys (rtcore:call:<id>...) expire "
                                                                  "this long after the call's last change; leads never "
@@ -289,8 +338,28 @@ class Settings(BaseModel):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        if not value:
+            return value
+        if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        parts = urlsplit(value)
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ValueError("a unix:// URL names the socket: unix:///run/redis/redis.sock (?db=N)")
+            return value
+        try:
+            _ = parts.port  # parsed when read
+        except ValueError:
+            raise ValueError("the port must be a number: redis://HOST:6379/0") from None
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError("the path is the database number: redis://HOST:6379/0")
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _redis_sentinels(cls, value: str) -> str:
+        parse_sentinels(value)
         return value
 
     @field_validator("ari_url", "whisper_url", "intent_main_url", "intent_faq_url")
@@ -323,6 +392,33 @@ class Settings(BaseModel):
                              "(e.g. redis://redis-host:6379/0) or redis_sentinels")
         if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
             raise ValueError("redis_tls_cert_file and redis_tls_key_file go together: set both or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _redis_connection(self) -> Settings:
+        """Credentials given once, TLS options only with TLS, and no credentials for the private
+        redis-server (it takes none)."""
+        inline_user, inline_password = redis_url_credentials(self.redis_url)
+        if inline_password and self.redis_password.get_secret_value():
+            raise ValueError("redis_url carries a password (redis://user:PASSWORD@host) and redis_password is set "
+                             "too: keep one, preferably redis_password or redis_password_file (out of the URL, out "
+                             "of the logs)")
+        if inline_user and self.redis_username and inline_user != self.redis_username:
+            raise ValueError(f"redis_url names the ACL user {inline_user!r} and redis_username is "
+                             f"{self.redis_username!r}: keep one")
+        tls_options = [name for name in ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+                       if getattr(self, name)]
+        if tls_options and not self.redis_url.startswith("rediss://"):
+            got = (f"it is a {self.redis_url.split(':', 1)[0]}:// URL" if self.redis_url else "it is empty")
+            hint = (" (with redis_sentinels its host is not used: rediss://master/0 turns TLS on)"
+                    if self.redis_sentinels else "")
+            raise ValueError(f"{' and '.join(tls_options)} {'is' if len(tls_options) == 1 else 'are'} for TLS: "
+                             f"redis_url must start with rediss:// ({got}){hint}")
+        if not self.redis_url and not self.redis_sentinels and (self.redis_username
+                                                                or self.redis_password.get_secret_value()):
+            raise ValueError("redis_username / redis_password are set but not redis_url (or redis_sentinels): the "
+                             "private redis-server `rtcore launch` starts takes no password; set redis_url to the "
+                             "shared Redis, or leave them empty")
         return self
 
     @model_validator(mode="after")
@@ -404,6 +500,7 @@ class Settings(BaseModel):
     def redacted(self) -> dict[str, Any]:
         """For logs and `rtcore config`: secrets shown as '**********'."""
         data = self.model_dump(mode="json")
+        data["redis_url"] = mask_redis_url(self.redis_url)  # a password may be inline
         return data
 
 
@@ -510,7 +607,8 @@ def _describe(exc: ValidationError, merged: Mapping[str, Any], sources: Mapping[
             lines.append(f"  {name}: no such setting (from {sources.get(name, 'defaults')})")
             continue
         origin = sources.get(name, "defaults")
-        shown = "'**********'" if "password" in name or "token" in name else repr(merged.get(name))
+        shown = ("'**********'" if "password" in name or "token" in name
+                 else repr(mask_redis_url(str(merged.get(name)))) if name == "redis_url" else repr(merged.get(name)))
         if origin == "environment":
             origin = f"environment {ENV_PREFIX}{name.upper()}"
         elif origin == "command line":

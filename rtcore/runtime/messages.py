@@ -59,6 +59,7 @@ class CallContext(Message, frozen=True):
 
     call_id: str
     context: str
+    state: str = ""  # the dialog state it belongs to (stamped on the utterances, for the ASR's records)
 
 
 # --- audio path (VAD -> ASR, dialog) ---------------------------------------------------------
@@ -84,6 +85,24 @@ class UtteranceReady(Message, frozen=True):
     eos_at: float  # when the VAD cut it: latencies are measured from here
     language: str = ""  # empty: the ASR default (asr_language); the HTTP API may ask for another
     context: str = ""  # what the caller is expected to say (CallContext): Whisper's previous text
+    dialog_state: str = ""  # the call's dialog state (CallContext) when it was cut
+
+
+class StreamedUtterance(Message, frozen=True):
+    """Media node -> ASR nodes, on the cluster's Redis stream (rtcore.runtime.cluster): an
+    utterance with its audio, since another machine cannot read this one's rings. The only message
+    that carries audio: 16-bit little-endian PCM, mono, 16 kHz. Its transcript goes to the stream
+    of `node`, the media node that owns the call, under the same `utterance_id`."""
+
+    utterance_id: str  # as in UtteranceReady: unique within its node
+    node: str
+    call_id: str
+    eos_at: float
+    audio: bytes
+    language: str = ""
+    context: str = ""
+    dialog_state: str = ""  # the call's dialog state when it was cut (for the ASR's logs and metrics)
+    sent_at: float = 0.0  # when the media node put it on the stream
 
 
 class Transcript(Message, frozen=True):
@@ -259,11 +278,12 @@ class Metrics(Message, frozen=True):
 
 
 MESSAGE_TYPES: tuple[type[Message], ...] = (
-    CallStarted, CallEnded, ListenMode, CallContext, SpeechStarted, UtteranceReady, Transcript,
+    CallStarted, CallEnded, ListenMode, CallContext, SpeechStarted, UtteranceReady, StreamedUtterance, Transcript,
     AsrCredit, AsrStatus, CallView, TurnTaken, Play, StopPlayback, ProcessStarted, Drain, RunStatus, ProcessReady,
     ProcessFailed, Heartbeat, Metrics,
 )
-AnyMessage = (CallStarted | CallEnded | ListenMode | CallContext | SpeechStarted | UtteranceReady | Transcript
+AnyMessage = (CallStarted | CallEnded | ListenMode | CallContext | SpeechStarted | UtteranceReady
+              | StreamedUtterance | Transcript
               | AsrCredit | AsrStatus | CallView | TurnTaken | Play | StopPlayback | ProcessStarted | Drain
               | RunStatus | ProcessReady | ProcessFailed | Heartbeat | Metrics)
 

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ import zmq
 
 from rtcore.runtime import telemetry
 from rtcore.runtime.bus import BusProxy, ControlReceiver, Publisher
+from rtcore.runtime.cluster import ClusterKeys, NodeInfo, NodeRegistry
 from rtcore.runtime.config import Settings
 from rtcore.runtime.messages import (
     Drain,
@@ -44,6 +46,7 @@ from rtcore.runtime.messages import (
     RunStatus,
 )
 from rtcore.runtime.process import EXIT_INIT_FAILED, LaunchInfo, set_parent_death_signal
+from rtcore.runtime.redis_client import sync_client
 from rtcore.runtime.redis_server import PrivateRedis
 from rtcore.runtime.ring import AudioRings, RingSpec, segment_name, sweep_leftovers
 
@@ -166,6 +169,8 @@ class Supervisor:
         # Every child's Prometheus metrics files (prometheus-client's multiprocess mode).
         self.metrics_dir = settings.run_path / "metrics"
         self.on_metrics: Callable[[str, dict[str, float]], None] | None = None
+        self.registry: NodeRegistry | None = None  # in a cluster: this node's registration in Redis
+        self._started_wall = time.time()
 
     # --- start --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -175,16 +180,20 @@ class Supervisor:
             s.run_path.chmod(0o700)
             sweep_leftovers(s.instance)
             telemetry.prepare_directory(self.metrics_dir)
-            spec = RingSpec(segment_name(s.instance, os.getpid()), s.max_calls, s.ring_capacity)
+            # An ASR node takes no call: one small slot (the rings are every child's to attach).
+            spec = (RingSpec(segment_name(s.instance, os.getpid()), s.max_calls, s.ring_capacity) if s.runs_calls
+                    else RingSpec(segment_name(s.instance, os.getpid()), 1, s.chunk_size))
             self.rings = AudioRings.create(spec)
             log.info("audio rings: %d slots x %.0f s (%d MiB) in /dev/shm/%s", spec.n_slots,
                      spec.capacity / s.sample_rate, spec.total_bytes >> 20, spec.name)
             self._bus = BusProxy(s.endpoint("bus_pub"), s.endpoint("bus_sub"), self._ctx).start()
             self._control = ControlReceiver(s.endpoint("control"), self._ctx)
             self._publisher = Publisher(s.endpoint("bus_pub"), self._ctx)
-            if not s.redis_url and self.private_redis:
+            if not s.redis_url and not s.redis_sentinels and self.private_redis:
                 self.redis = PrivateRedis(s.run_path, s.data_path / "redis").start()
                 self.settings = s = s.model_copy(update={"redis_url": self.redis.url})
+            if s.clustered:
+                self.registry = NodeRegistry(sync_client(s, timeout_s=0.5), ClusterKeys(s.cluster_name), s.node_ttl_s)
             self._started = True
             for child in self.children.values():
                 self._spawn(child)
@@ -288,7 +297,22 @@ class Supervisor:
     def _publish_status_if_due(self, now: float) -> None:
         if now >= self._next_status:
             self._next_status = now + STATUS_EVERY_S
-            self.publish(self.status())
+            status = self.status()
+            self.publish(status)
+            if self.registry is not None:
+                self.registry.register(self.node_info(status))
+
+    def node_info(self, status: RunStatus) -> NodeInfo:
+        """This node as the cluster sees it (rtcore cluster status, the gateways' ASR capacity)."""
+        s = self.settings
+        asr_up = sum(p.up for p in status.processes if p.name.startswith("asr-"))
+        return NodeInfo(node=s.node_id, role=s.role, host=socket.gethostname(), pid=os.getpid(),
+                        started_at=self._started_wall, updated_at=time.time(),
+                        ari_app=s.ari_app if s.runs_calls else "", call_slots=status.call_slots if s.runs_calls else 0,
+                        calls_active=status.call_slots_in_use if s.runs_calls else 0, draining=status.draining,
+                        asr_workers=asr_up if s.runs_asr else 0,
+                        asr_capacity=asr_up * 2 * s.asr_batch_size if s.runs_asr else 0,
+                        asr_batch_size=s.asr_batch_size)
 
     def status(self) -> RunStatus:
         """Every child's state, CPU and memory; the call slots; the dialog's ARI and Redis reports."""
@@ -424,6 +448,10 @@ class Supervisor:
         """Reverse order: children, Redis, bus, shared memory. Safe to call more than once."""
         for child in reversed(list(self.children.values())):
             self._stop_child(child)
+        if self.registry is not None:  # gone from the cluster now, not at its registration's expiry
+            self.registry.deregister(self.settings.node_id)
+            self.registry.client.close()
+            self.registry = None
         if self.redis is not None:
             self.redis.stop()
             self.redis = None

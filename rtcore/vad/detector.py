@@ -88,6 +88,7 @@ class UtteranceDetector:
         self.period_s = period_s  # how often tick() is called: a longer tick is an overrun
         self.calls: dict[str, CallStream] = {}
         self.contexts: dict[str, str] = {}  # call id -> what its caller is expected to say (CallContext)
+        self.dialog_states: dict[str, str] = {}  # call id -> its dialog state (CallContext)
         self.stats = DetectorStats()
         self._clock = clock
         self._wall = wall_clock
@@ -128,6 +129,7 @@ class UtteranceDetector:
         elif isinstance(message, CallContext):
             # Kept apart from the streams: the dialog may say it before its CallStarted reaches us.
             self.contexts[message.call_id] = message.context
+            self.dialog_states[message.call_id] = message.state
         elif isinstance(message, ListenMode):
             call = self.calls.get(message.call_id)
             if call is None:
@@ -142,6 +144,7 @@ class UtteranceDetector:
         call = self.calls.pop(call_id, None)
         if ended:  # else kept: the dialog may send a call's context before its CallStarted
             self.contexts.pop(call_id, None)
+            self.dialog_states.pop(call_id, None)
         if call is not None:
             self.vad.remove(call_id)
             self.stats.dropped_clicks += call.segmenter.dropped
@@ -244,7 +247,8 @@ class UtteranceDetector:
                 out.append(UtteranceReady(
                     utterance_id=f"{call.call_id}-{event.start}", call_id=call.call_id, slot=lease.slot,
                     generation=lease.generation, start_sample=event.start, end_sample=event.end,
-                    eos_at=self._wall(), context=self.contexts.get(call.call_id, "")))
+                    eos_at=self._wall(), context=self.contexts.get(call.call_id, ""),
+                    dialog_state=self.dialog_states.get(call.call_id, "")))
 
     def metrics(self) -> dict[str, float]:
         s = self.stats
