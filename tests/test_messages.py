@@ -41,7 +41,10 @@ EXAMPLES: list[m.Message] = [
                 call_slots=64, call_slots_in_use=3, has_dialog=True, ari_connected=True, redis_connected=True,
                 draining=False),
     m.UtteranceReady(utterance_id="c1-0002", call_id="c1", slot=3, generation=7, start_sample=48000,
-                     end_sample=64000, eos_at=5.0, context="Oui, je suis propriétaire."),
+                     end_sample=64000, eos_at=5.0, context="Oui, je suis propriétaire.", dialog_state="ask_owner"),
+    m.StreamedUtterance(utterance_id="c1-0002", node="media-a", call_id="c1", eos_at=5.0,
+                        audio=b"\x01\x00\xff\xff", language="fr", context="Oui.", dialog_state="ask_owner",
+                        sent_at=5.01),
 ]
 
 

@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--workers", help="sweep of asr_workers, e.g. 1,2")
     load.add_argument("--threads", help="sweep of asr_intra_threads, e.g. 1,2")
     load.add_argument("--beam", help="sweep of asr_beam_size, e.g. 1,5")
+    load.add_argument("--topology", default="local",
+                      help="comma-separated: local (one box, its ZeroMQ dispatcher), stream (one box through a Redis "
+                           "stream), media+1asr, media+2asr (a media node and ASR nodes on this machine)")
     load.set_defaults(func=cmd_bench_load)
     understanding = bench_sub.add_parser(
         "understanding", help="share of scripted phone calls ending with exactly the right lead, answer accuracy, WER")

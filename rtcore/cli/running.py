@@ -173,9 +173,17 @@ def cmd_bench_load(args: argparse.Namespace, settings: Settings) -> int:
     tuning = {"batch_size": numbers(args.batch_size), "max_wait_ms": numbers(args.max_wait_ms),
               "window_s": numbers(args.window), "workers": numbers(args.workers),
               "threads": numbers(args.threads), "beam": numbers(args.beam)}
+    from rtcore.launch.loadbench import TOPOLOGIES
+
+    topologies = tuple(t.strip() for t in args.topology.split(",") if t.strip())
+    unknown = [t for t in topologies if t not in TOPOLOGIES]
+    if unknown or not topologies:
+        print(f"rtcore bench load: --topology {args.topology}: expected some of {', '.join(TOPOLOGIES)}",
+              file=sys.stderr)
+        return 2
     out = Path(args.out)
     result = run_bench(settings, [int(v) for v in args.calls.split(",")], args.duration, out, tuning,
-                       baselines=not args.no_baselines)
+                       baselines=not args.no_baselines, topologies=topologies)
     print((out / "load.md").read_text())
     print(f"wrote {out / 'load.json'}, {out / 'load.md'}, {out / 'load.png'}")
     return 0 if result["rows"] else 1

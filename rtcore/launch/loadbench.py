@@ -18,6 +18,12 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rtcore.launch.launcher import run_launch
+from rtcore.launch.report import percentiles
 from rtcore.runtime.config import Settings
 
 log = logging.getLogger(__name__)
@@ -83,6 +90,107 @@ def systems_to_run(tuning: dict[str, list[float]], baselines: bool) -> dict[str,
     return out
 
 
+TOPOLOGIES = ("local", "stream", "media+1asr", "media+2asr")
+
+
+def asr_nodes_of(topology: str) -> int:
+    """media+<N>asr: N ASR nodes beside a media node; 0 for a single box."""
+    return int(topology.removeprefix("media+").removesuffix("asr")) if topology.startswith("media+") else 0
+
+
+class ClusterRig:
+    """The cluster a topology needs on this machine: a Redis server shared by the nodes (unix
+    socket), ASR node processes (`rtcore launch --role asr`), and a sampler of the stream's lag."""
+
+    def __init__(self, settings: Settings, topology: str, root: Path) -> None:
+        from rtcore.runtime.redis_server import PrivateRedis
+
+        self.topology = topology
+        self.root = root
+        self.redis = PrivateRedis(root / "redis", root / "redis-data").start()
+        self.url = self.redis.url
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.samples: list[tuple[float, int, int]] = []  # (oldest waiting s, waiting, taken)
+        self._stop = threading.Event()
+        self._sampler: threading.Thread | None = None
+        n = asr_nodes_of(topology)
+        # The same ASR workers in all: a single box's asr_workers, shared out over the ASR nodes.
+        self.workers_per_node = max(1, settings.asr_workers // n) if n else 0
+        for i in range(n):
+            name = f"bench-asr-{i}"
+            log_file = (root / f"{name}.log").open("wb")
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "rtcore.cli", "launch", "--role", "asr", "--redis-url", self.url,
+                 "--node-id", name, "--instance", name, "--run-dir", str(root / name), "--metrics-port", "0",
+                 "--asr-workers", str(self.workers_per_node), "--asr-batch-size", str(settings.asr_batch_size),
+                 "--asr-intra-threads", str(settings.asr_intra_threads), "--model-cache-dir",
+                 str(settings.model_cache_path)],
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True))
+        if n:
+            self._wait_for_asr(n * self.workers_per_node)
+
+    def _client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=5.0)
+
+    def _wait_for_asr(self, workers: int, timeout_s: float = 300.0) -> None:
+        from rtcore.runtime.cluster import ClusterKeys, live_nodes
+
+        client, deadline = self._client(), time.monotonic() + timeout_s
+        try:
+            while sum(n.asr_workers for n in live_nodes(client, ClusterKeys("rtcore"))) < workers:
+                if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                    raise RuntimeError(f"the ASR nodes did not come up: see {self.root}/bench-asr-*.log")
+                time.sleep(0.2)
+        finally:
+            client.close()
+
+    def node_settings(self, settings: Settings) -> dict[str, Any]:
+        if self.topology == "stream":
+            return {"asr_transport": "stream", "redis_url": self.url}
+        return {"role": "media", "redis_url": self.url}
+
+    def sample(self) -> None:
+        from rtcore.runtime.cluster import ClusterKeys, stream_state
+
+        def run() -> None:
+            client = self._client()
+            try:
+                while not self._stop.wait(0.5):
+                    state = stream_state(client, ClusterKeys("rtcore"))
+                    self.samples.append((state.oldest_waiting_s, state.waiting, state.taken))
+            finally:
+                client.close()
+
+        self.samples = []
+        self._stop.clear()
+        self._sampler = threading.Thread(target=run, daemon=True)
+        self._sampler.start()
+
+    def lag(self) -> dict[str, Any]:
+        """The stream's lag over the run: how long the oldest utterance no worker had taken yet
+        had waited, sampled every 0.5 s, and the most waiting / being transcribed at once."""
+        self._stop.set()
+        if self._sampler is not None:
+            self._sampler.join()
+        ages = [s[0] * 1000 for s in self.samples]
+        return {"oldest_waiting_ms": percentiles(ages), "waiting_max": max((s[1] for s in self.samples), default=0),
+                "taken_max": max((s[2] for s in self.samples), default=0), "samples": len(self.samples)}
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.redis.stop()
+
+
 def run_bench(
     settings: Settings,
     levels: list[int],
@@ -91,24 +199,45 @@ def run_bench(
     tuning: dict[str, list[float]] | None = None,
     baselines: bool = True,
     say: Callable[[str], None] = print,
+    topologies: tuple[str, ...] = ("local",),
 ) -> dict[str, Any]:
+    """`topologies`: the single box as it runs (local: its ZeroMQ dispatcher), and the stream
+    path on this one machine (stream: a single box through a Redis stream; media+<N>asr: a media
+    node and N ASR nodes sharing the same ASR workers). Same cores throughout: the overhead, not
+    a speed-up."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
-    for system, overrides in systems_to_run(tuning or {}, baselines).items():
-        for calls in sorted(levels):
-            say(f"--- {system}: {calls} concurrent calls, {duration_s:.0f} s of calls placed")
-            t0 = time.monotonic()
-            report = run_launch(
-                settings.model_copy(update=overrides), calls=calls, total_calls=0, duration_s=duration_s
-            )
-            row = Row(system, calls, report, time.monotonic() - t0)
-            rows.append(row)
-            say(
-                f"    p95 eos->transcript {row.p95:.0f} ms, utterances {report['utterances']['total']}"
-                f" (dropped {report['utterances']['dropped']}), mean batch {report['asr']['mean_batch_size']}"
-            )
-            if not row.meets(max(SLOS_MS)):
-                break  # past the loosest SLO: more calls only make it worse
+    systems = [(f"{system}" + (f" [{topology}]" if topologies != ("local",) else ""), overrides, topology)
+               for topology in topologies for system, overrides in systems_to_run(
+                   tuning or {}, baselines and topology == "local").items()]
+    for system, overrides, topology in systems:
+        rig = ClusterRig(settings, topology, Path(tempfile.mkdtemp(prefix="rtcore-bench-"))) \
+            if topology != "local" else None
+        try:
+            for calls in sorted(levels):
+                say(f"--- {system}: {calls} concurrent calls, {duration_s:.0f} s of calls placed")
+                t0 = time.monotonic()
+                run_settings = settings.model_copy(update={**overrides, **(rig.node_settings(settings) if rig else {})})
+                if rig is not None:
+                    rig.sample()
+                report = run_launch(run_settings, calls=calls, total_calls=0, duration_s=duration_s)
+                if rig is not None:
+                    report["stream"] = rig.lag()
+                row = Row(system, calls, report, time.monotonic() - t0)
+                rows.append(row)
+                lag = report.get("stream", {}).get("oldest_waiting_ms", {})
+                say(
+                    f"    eos->transcript p50 {report['latency_ms']['eos_to_transcript']['p50']:.0f} p95 "
+                    f"{row.p95:.0f} ms, utterances {report['utterances']['total']}"
+                    f" (dropped {report['utterances']['dropped']}), mean batch {report['asr']['mean_batch_size']},"
+                    f" hand-over p50 {report['asr']['transport_ms']['p50']:.1f} ms"
+                    + (f", stream lag p95 {lag['p95']:.0f} ms" if lag else "")
+                )
+                if not row.meets(max(SLOS_MS)):
+                    break  # past the loosest SLO: more calls only make it worse
+        finally:
+            if rig is not None:
+                rig.close()
     result = summarise(rows, levels, duration_s)
     (out_dir / "load.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     (out_dir / "load.md").write_text(markdown(result))
@@ -143,15 +272,19 @@ def summarise(rows: list[Row], levels: list[int], duration_s: float) -> dict[str
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "| system | calls | utterances | dropped | eos→transcript p50 / p95 / max (ms) | eos→reply p95 (ms) "
-        "| mean batch | utt/s | CPU % |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| mean batch | hand-over p50 / p95 (ms) | stream lag p95 / max (ms) | utt/s | CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         t = r["latency_ms"]["eos_to_transcript"]
+        hand = r["asr"].get("transport_ms", {"p50": 0.0, "p95": 0.0})
+        s = r.get("stream", {}).get("oldest_waiting_ms")
+        lag = f"{s['p95']:.0f} / {s['max']:.0f}" if s else "-"
         lines.append(
             f"| {r['system']} | {r['calls']} | {r['utterances']['total']} | {r['utterances']['dropped']} | "
             f"{t['p50']:.0f} / {t['p95']:.0f} / {t['max']:.0f} | {r['latency_ms']['eos_to_reply']['p95']:.0f} | "
-            f"{r['asr']['mean_batch_size']} | {r['utterances_per_s']} | {r['cpu_percent']} |"
+            f"{r['asr']['mean_batch_size']} | {hand['p50']:.1f} / {hand['p95']:.1f} | {lag} | "
+            f"{r['utterances_per_s']} | {r['cpu_percent']} |"
         )
     lines += ["", "| system | capacity@1.5 s | capacity@4 s |", "|---|---|---|"]
     for system, cap in result["capacity"].items():

@@ -60,6 +60,10 @@ class RunHistograms:
         return 0.0 if value != value else round(value * 1000, 1)  # NaN: nothing observed
 
     def figures_ms(self, key: str, exact: list[float]) -> dict[str, float]:
+        if not self.series[key].count and exact:
+            # Observed on another node (a media node's ASR runs on the ASR nodes): from the
+            # transcripts' own figures instead.
+            return {**percentiles(exact), "count": len(exact)}
         return {"p50": self.ms(key, 0.5), "p95": self.ms(key, 0.95),
                 "max": round(max(exact), 1) if exact else 0.0, "count": int(self.series[key].count)}
 
@@ -88,6 +92,9 @@ class LoadCollector:
     calls_started: set[str] = field(default_factory=set)  # CallStarted is repeated: a set of ids
     calls_ended: set[str] = field(default_factory=set)
     duplicates: int = 0  # a second transcript for one utterance: must stay 0 (one per utterance id)
+    # eos -> transcript less the worker's queue and the batch's run: the hand-over both ways
+    # (dispatcher over ZeroMQ, or the Redis stream) and the bus
+    transport_ms: list[float] = field(default_factory=list)
 
     def poll(self) -> None:
         now = time.time()
@@ -110,6 +117,9 @@ class LoadCollector:
                     # Stamped by the dispatcher: independent of how often this observer polls.
                     self.eos_to_transcript.append(((message.published_at or now) - message.eos_at) * 1000)
                 if message.batch_size:
+                    if message.eos_at:
+                        self.transport_ms.append(self.eos_to_transcript[-1] - message.queue_ms
+                                                 - message.features_ms - message.inference_ms)
                     self.batch_sizes.append(message.batch_size)
                     self.queue_ms.append(message.queue_ms)
                     self.inference_ms.append(message.features_ms + message.inference_ms)
@@ -178,8 +188,11 @@ def build_report(collector: LoadCollector, leads: Iterable[Lead], histograms: Ru
                        "duplicate_transcripts": collector.duplicates},
         "latency_ms": {"eos_to_transcript": histograms.figures_ms("eos_to_transcript", collector.eos_to_transcript),
                        "eos_to_reply": histograms.figures_ms("eos_to_reply", collector.eos_to_reply)},
-        "asr": {"mean_batch_size": round(batch_size.total / batch_size.count, 2) if batch_size.count else 0.0,
-                "batches": int(batch_size.count),
+        "asr": {"mean_batch_size": round(batch_size.total / batch_size.count, 2) if batch_size.count
+                else round(len(collector.batch_sizes) / batches, 2) if (batches := sum(
+                    1 / k for k in collector.batch_sizes)) else 0.0,
+                "batches": int(batch_size.count) or round(sum(1 / k for k in collector.batch_sizes)),
+                "transport_ms": percentiles(collector.transport_ms),
                 # Where eos_to_transcript goes: waiting at a worker, then running its batch.
                 "worker_queue_ms": histograms.figures_ms("worker_queue", collector.queue_ms),
                 "batch_run_ms": histograms.figures_ms("batch_run", collector.inference_ms),
